@@ -1,0 +1,44 @@
+# StyleGAN-NADA replication: every target builds what it needs. See README.md.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+LEGACY_VENV := .venv-legacy
+# A Python 3.7 for the legacy TF 1.15 environment: pyenv's if present, else whatever python3.7 is on PATH.
+PYTHON37 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.7*/bin/python3.7) $(shell command -v python3.7 2>/dev/null))
+
+.PHONY: env env-legacy test convert replicate bench clean-env help
+
+help:
+	@echo "make test        build the trainer environment (.venv) if needed and run the CPU test suite"
+	@echo "make convert     convert every official generator found in the weight cache into our checkpoint format"
+	@echo "make env         build only the trainer environment"
+	@echo "make env-legacy  build the legacy TensorFlow 1.15 converter environment (Python 3.7) in .venv-legacy"
+
+env: $(VENV)/.stamp
+
+$(VENV)/.stamp: env/requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=23"
+	$(PY) -m pip install --quiet -r env/requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+env-legacy: $(LEGACY_VENV)/.stamp
+
+$(LEGACY_VENV)/.stamp: env/legacy-requirements.txt
+	@if [ -z "$(PYTHON37)" ]; then \
+	  echo "error: no Python 3.7 found for the legacy TF 1.15 environment; install one (e.g. pyenv install 3.7.16) or pass PYTHON37=/path/to/python3.7" >&2; exit 2; fi
+	$(PYTHON37) -m venv $(LEGACY_VENV)
+	$(LEGACY_VENV)/bin/python -m pip install --quiet --upgrade "pip<24"
+	$(LEGACY_VENV)/bin/python -m pip install --quiet -r env/legacy-requirements.txt
+	touch $@
+
+test: env
+	$(PY) -m pytest tests
+
+convert: env
+	$(PY) -m replication.convert --all
+
+clean-env:
+	rm -rf $(VENV) $(LEGACY_VENV)

@@ -1,0 +1,1 @@
+"""Other domain-adaptation methods behind the same adapt() interface as NADA."""

@@ -1,0 +1,1 @@
+"""Metrics: FID/KID, intra-cluster LPIPS, CLIP scores, mini-world ground truth, statistics over seeds."""

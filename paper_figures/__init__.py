@@ -1,0 +1,1 @@
+"""Figure and table scripts that read results/ only."""
