@@ -1,0 +1,101 @@
+"""StyleGAN-NADA as a method: adapt(G_src, shift, seed, run_dir) builds CLIP guidance and layer selection, then trains."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from replication.checkpoint import load_generator, sha256_file
+from replication.clip_models import ClipEncoder, load_clip
+from replication.config import NadaConfig, ShiftConfig, TaskConfig
+from replication.layer_select import apply_selection, select_layers
+from replication.losses import ClipGuidance, GuidanceConfig, image_direction
+from replication.networks import Generator
+from replication.runio import REPO_ROOT
+from replication.training_loop import StepContext, run_nada
+
+CONVERTED_DIR = REPO_ROOT / "cache" / "converted"
+
+
+class GeneratorNotFound(ValueError):
+    """The source generator named by a shift is neither a file nor a converted registry weight."""
+
+
+def resolve_generator_path(name: str) -> Path:
+    """A file path is used as is; a registry name resolves to its converted checkpoint (from `make convert`), or, for
+    weights already in our format (the mini world's), to the registry file itself."""
+    path = Path(name)
+    if path.suffix in (".pt", ".pth", ".pkl") and path.is_file():
+        return path
+    from replication import weights
+
+    entry = weights.get_entry(name)  # unknown names raise WeightError listing the known ones
+    if entry.format == "nada-replication-checkpoint":
+        return weights.resolve(name)
+    converted = CONVERTED_DIR / f"{name}.pt"
+    if not converted.is_file():
+        raise GeneratorNotFound(f"source generator {name!r} has no converted checkpoint {converted}; put "
+                                f"{entry.filename} in {weights.weights_dir()} (from {entry.url}) and run `make convert`")
+    return converted
+
+
+def load_encoders(cfg: NadaConfig, device: torch.device) -> list[tuple[ClipEncoder, float]]:
+    """Load the run's CLIP models; a zero-weight model is not even loaded (the original evaluated it every step)."""
+    return [(load_clip(name, device=device, antialias=cfg.antialias), float(weight))
+            for name, weight in zip(cfg.clip_models, cfg.clip_model_weights) if weight > 0]
+
+
+def build_guidance(task: TaskConfig, cfg: NadaConfig, encoders: list[tuple[ClipEncoder, float]],
+                   G_src: Generator, rng: torch.Generator) -> ClipGuidance:
+    """Text-guided by default; with target_images, the direction comes from image embeddings (paper section 5.2)."""
+    gcfg = GuidanceConfig(lambda_direction=cfg.lambda_direction, lambda_global=cfg.lambda_global,
+                          lambda_patch=cfg.lambda_patch, lambda_manifold=cfg.lambda_manifold, mode=cfg.mode)
+    directions = None
+    if task.target_images is not None:
+        directions = [image_direction(enc, task.target_images, task.source_images, G_src=G_src,
+                                      rng=torch.Generator().manual_seed(rng.initial_seed()))
+                      for enc, _ in encoders]
+    return ClipGuidance(encoders, task.source_text or None, task.target_text or None, gcfg, directions=directions,
+                        rng=rng)
+
+
+def build_context(task: TaskConfig, cfg: NadaConfig, guidance: ClipGuidance, G_src: Generator) -> StepContext:
+    select = None
+    if cfg.auto_layer_iters > 0:
+        # The original always selects toward --target_class, even for image targets (bug B4); the fixed mode has no
+        # better text there either, so image-guided runs use the target text when given.
+        k = min(cfg.auto_layer_k, G_src.n_latent)
+
+        def select(G_tgt: Generator, rng: torch.Generator) -> list[str]:
+            _, names, _ = select_layers(G_tgt, G_src.mapping, guidance.selection_loss, k=k, iters=cfg.auto_layer_iters,
+                                        batch=cfg.auto_layer_batch, rng=rng, mode=cfg.mode,
+                                        noise_mode="random" if cfg.noise_mode == "random" else cfg.noise_mode)
+            return apply_selection(G_tgt, names)
+
+    return StepContext(guidance=guidance, select=select, cfg=cfg)
+
+
+def adapt(G_src: Generator, shift: ShiftConfig, seed: int, run_dir: Path, *, encoders=None,
+          weights_sha256: dict[str, str] | None = None, progress: bool = True, stop_at: int | None = None,
+          latent_avg: torch.Tensor | None = None) -> Generator:
+    """The method interface shared with the baselines: returns the adapted generator G_tgt."""
+    device = next(G_src.parameters()).device
+    cfg = shift.nada
+    if encoders is None:
+        encoders = load_encoders(cfg, device)
+    rng = torch.Generator().manual_seed(seed + 1_000_003)  # patch-crop positions only
+    guidance = build_guidance(shift.task, cfg, encoders, G_src, rng)
+    ctx = build_context(shift.task, cfg, guidance, G_src)
+    return run_nada(G_src, shift, ctx, seed, run_dir, weights_sha256=weights_sha256, progress=progress,
+                    stop_at=stop_at, latent_avg=latent_avg)
+
+
+def load_source(shift: ShiftConfig, device: torch.device) -> tuple[Generator, torch.Tensor | None, dict[str, str]]:
+    """Source generator of a shift, its latent average and the sha256 of every weight file the run will read."""
+    path = resolve_generator_path(shift.task.generator)
+    G_src, ckpt = load_generator(path, device=device, expected_resolution=shift.task.resolution)
+    shas = {f"generator:{shift.task.generator}": sha256_file(path)}
+    for name in shift.nada.clip_models:
+        if Path(name).is_file():
+            shas[f"clip:{name}"] = sha256_file(name)
+    return G_src, ckpt.latent_avg, shas

@@ -1,0 +1,120 @@
+"""Run directories: atomic writes, resolved config and environment records, per-step stats, the completion marker."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DONE_NAME = "DONE"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write through a temp file in the same folder and rename, so a kill never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def is_done(run_dir: Path) -> bool:
+    return (Path(run_dir) / DONE_NAME).is_file()
+
+
+def mark_done(run_dir: Path, summary: dict[str, Any]) -> None:
+    """The completion marker is written last; its presence means every other file of the run is complete."""
+    write_json(Path(run_dir) / DONE_NAME, summary)
+
+
+def git_state() -> dict[str, Any]:
+    def run(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    sha = run("rev-parse", "HEAD")
+    return {"git_sha": sha or "unknown", "git_dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
+
+
+def environment_record(device: torch.device, weights: dict[str, str]) -> dict[str, Any]:
+    """Versions, device and the sha256 of every weight file used, for env.json."""
+    import torchvision
+
+    record: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "num_threads": torch.get_num_threads(),
+        "weights_sha256": dict(sorted(weights.items())),
+    }
+    try:
+        from importlib.metadata import version
+
+        record["clip_anytorch"] = version("clip-anytorch")
+    except Exception:  # the record is informative; a missing distribution must not stop a run
+        record["clip_anytorch"] = "unknown"
+    record.update(git_state())
+    return record
+
+
+class StatsLog:
+    """Append-only JSON-lines log of per-step statistics that can be cut back to a resumed step."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def truncate_to(self, step: int) -> None:
+        """Keep only rows with step < `step` (rows written after the last checkpoint are recomputed on resume)."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] < step]
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]

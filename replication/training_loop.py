@@ -1,0 +1,226 @@
+"""NADA training loop (paper section 4): a frozen and a trainable StyleGAN2, CLIP guidance, adaptive layer freezing."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torchvision.utils import make_grid, save_image
+from tqdm.auto import tqdm
+
+from replication.config import NadaConfig, ShiftConfig, TaskConfig, to_dict
+from replication.networks import Generator
+from replication.runio import StatsLog, atomic_torch_save, environment_record, is_done, mark_done, write_json
+
+RESUME_NAME = "resume.pt"
+FINAL_NAME = "G_tgt.pt"
+GRID_MAX_PX = 256  # sample grids are downscaled to this size per image so results/ stays small
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or a gradient became NaN/inf; the last good state was saved as a checkpoint before raising."""
+
+
+class RunConflictError(ValueError):
+    """The run directory already holds a run with a different configuration."""
+
+
+@dataclass
+class StepContext:
+    """What one training step needs besides the two generators; built once per run."""
+
+    guidance: Callable  # (x_src, x_tgt) -> (loss, stats); see replication.losses.ClipGuidance
+    select: Callable | None  # (G_tgt, rng) -> list of module names to train this step, or None for a fixed set
+    cfg: NadaConfig
+
+
+def latents_from_seeds(seeds, style_dim: int, device: torch.device) -> torch.Tensor:
+    """One z per seed, independent of how many seeds are drawn together, so every method sees the same latents."""
+    return torch.cat([torch.randn(1, style_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(device)
+
+
+def draw_noise(G: Generator, batch: int, rng: torch.Generator, device: torch.device) -> list[torch.Tensor]:
+    """Fresh N(0, 1) noise maps shaped like G's registered buffers, one per noise layer."""
+    shapes = [getattr(G.noises, f"noise_{i}").shape[-2:] for i in range(G.num_layers)]
+    return [torch.randn(batch, 1, *hw, generator=rng).to(device) for hw in shapes]
+
+
+def synthesis_params(G: Generator) -> list[torch.nn.Parameter]:
+    return [p for name, p in G.named_parameters() if not name.startswith("style.")]
+
+
+def render_pair(G_src: Generator, G_tgt: Generator, z: torch.Tensor, cfg: NadaConfig, rng: torch.Generator,
+                mix_z: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_src without grad, x_tgt with grad, from the same w of the frozen mapping (paper section 4)."""
+    device = z.device
+    with torch.no_grad():
+        styles = [G_src.mapping(z)] + ([G_src.mapping(mix_z)] if mix_z is not None else [])
+    faithful = cfg.mode == "faithful"
+    inject_src = inject_tgt = None
+    if mix_z is not None:
+        # The original lets each generator draw its own crossover (bug B3); the fixed mode shares one.
+        inject_src = int(torch.randint(1, G_src.n_latent, (1,), generator=rng))
+        inject_tgt = int(torch.randint(1, G_src.n_latent, (1,), generator=rng)) if faithful else inject_src
+    w_src = G_src.make_wplus(styles, input_is_latent=True, inject_index=inject_src)
+    w_tgt = G_tgt.make_wplus(styles, input_is_latent=True, inject_index=inject_tgt)
+    if cfg.noise_mode == "random":
+        noise_src = draw_noise(G_src, z.shape[0], rng, device)
+        # Independent noise per generator as in the original; the fixed mode renders both with the same noise so the
+        # image difference measures the change of weights only.
+        noise_tgt = draw_noise(G_src, z.shape[0], rng, device) if faithful else noise_src
+        kw_src, kw_tgt = dict(noise_mode="given", noise=noise_src), dict(noise_mode="given", noise=noise_tgt)
+    else:
+        kw_src = kw_tgt = dict(noise_mode=cfg.noise_mode)
+    with torch.no_grad():
+        x_src = G_src.synthesis(w_src, **kw_src)
+    x_tgt = G_tgt.synthesis(w_tgt, **kw_tgt)
+    return x_src, x_tgt
+
+
+def train_step(G_src: Generator, G_tgt: Generator, optimizer: torch.optim.Optimizer, ctx: StepContext,
+               rng: torch.Generator, step: int) -> dict:
+    """One NADA iteration. Returns its statistics; raises TrainingDiverged before touching the weights on NaN/inf."""
+    cfg = ctx.cfg
+    device = next(G_tgt.parameters()).device
+    chosen = ctx.select(G_tgt, rng) if ctx.select is not None else None
+    z = torch.randn(cfg.batch, G_src.style_dim, generator=rng).to(device)
+    mix = cfg.mixing > 0 and float(torch.rand((), generator=rng)) < cfg.mixing
+    mix_z = torch.randn(cfg.batch, G_src.style_dim, generator=rng).to(device) if mix else None
+    x_src, x_tgt = render_pair(G_src, G_tgt, z, cfg, rng, mix_z)
+    loss, stats = ctx.guidance(x_src, x_tgt)
+    faithful_grads = cfg.mode == "faithful" and ctx.select is not None
+    optimizer.zero_grad(set_to_none=not faithful_grads)
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(f"loss is {loss.item()} at step {step}")
+    loss.backward()
+    if faithful_grads:
+        # The original's selection pass back-propagated into every synthesis weight and torch 1.7's zero_grad kept
+        # zero tensors, so Adam stepped every synthesis parameter (zero update, decaying second moment) from then on.
+        for p in synthesis_params(G_tgt):
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+    bad = [n for n, p in G_tgt.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    if bad:
+        raise TrainingDiverged(f"non-finite gradient in {bad[0]} at step {step}")
+    optimizer.step()
+    row = {"step": step, "loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}}
+    if chosen is not None:
+        row["layers"] = list(chosen)
+    return row
+
+
+def save_grid(path: Path, G_src: Generator, G_tgt: Generator, z_grid: torch.Tensor, truncation: float,
+              w_avg: torch.Tensor) -> None:
+    """Source row above adapted row, at the sampling truncation and the generators' fixed noise."""
+    with torch.no_grad():
+        rows = []
+        for G in (G_src, G_tgt):
+            was_training = G.training
+            G.eval()
+            w = G_src.mapping(z_grid)
+            wplus = G.make_wplus([w], input_is_latent=True, truncation=truncation, truncation_latent=w_avg)
+            rows.append(G.synthesis(wplus, noise_mode="const"))
+            G.train(was_training)
+        images = torch.cat(rows).clamp(-1, 1).add(1).div(2).float().cpu()
+        if images.shape[-1] > GRID_MAX_PX:
+            images = torch.nn.functional.interpolate(images, size=GRID_MAX_PX, mode="area")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+        save_image(make_grid(images, nrow=z_grid.shape[0], padding=2), tmp)
+        tmp.replace(path)
+
+
+def _resume_state(run_dir: Path, G_tgt: Generator, optimizer, rng: torch.Generator) -> int:
+    path = run_dir / "checkpoints" / RESUME_NAME
+    if not path.exists():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    G_tgt.load_state_dict(state["G_tgt"])
+    optimizer.load_state_dict(state["optimizer"])
+    rng.set_state(state["rng"])
+    return int(state["step"])
+
+
+def _save_resume(run_dir: Path, step: int, G_tgt: Generator, optimizer, rng: torch.Generator) -> None:
+    atomic_torch_save({"step": step, "G_tgt": G_tgt.state_dict(), "optimizer": optimizer.state_dict(),
+                       "rng": rng.get_state()}, run_dir / "checkpoints" / RESUME_NAME)
+
+
+def run_nada(G_src: Generator, shift: ShiftConfig, ctx: StepContext, seed: int, run_dir: Path, *,
+             weights_sha256: dict[str, str] | None = None, progress: bool = True,
+             stop_at: int | None = None, latent_avg: torch.Tensor | None = None) -> Generator:
+    """Train G_tgt from G_src for one shift and seed into run_dir; skips a finished run, resumes an interrupted one.
+
+    `stop_at` ends the run early after that many steps (without the DONE marker), which tests use to simulate a kill.
+    """
+    from replication.checkpoint import save_checkpoint
+
+    cfg, task = ctx.cfg, shift.task
+    run_dir = Path(run_dir)
+    device = next(G_src.parameters()).device
+    resolved = {"method": "nada", "mode": cfg.mode, "seed": seed, **to_dict(shift)}
+    config_path = run_dir / "config.json"
+    if config_path.exists():
+        if json.loads(config_path.read_text()) != json.loads(json.dumps(resolved)):
+            raise RunConflictError(f"{run_dir} holds a run with a different configuration; "
+                                   "choose another --outdir or delete that folder")
+    G_tgt = copy.deepcopy(G_src)
+    if is_done(run_dir):
+        from replication.checkpoint import load_generator
+
+        return load_generator(run_dir / "checkpoints" / FINAL_NAME, device=device)[0]
+    write_json(config_path, resolved)
+    write_json(run_dir / "env.json", environment_record(device, weights_sha256 or {}))
+
+    G_src.eval().requires_grad_(False)
+    G_tgt.train().requires_grad_(False)
+    if ctx.select is None:
+        from replication.layer_select import phase_modules, set_trainable
+
+        set_trainable(G_tgt, phase_modules(G_tgt, cfg.phase))
+    torch.manual_seed(seed)  # after model construction, as the original; all run randomness comes from `rng`
+    rng = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(G_tgt.parameters(), lr=cfg.lr, betas=cfg.betas, eps=1e-8)
+    z_grid = latents_from_seeds(task.grid_seeds, G_src.style_dim, device)
+    if latent_avg is None:
+        latent_avg = G_src.mean_latent(4096, generator=torch.Generator().manual_seed(12345))
+    latent_avg = latent_avg.reshape(1, -1).to(device)
+
+    stats = StatsLog(run_dir / "stats.jsonl")
+    start = _resume_state(run_dir, G_tgt, optimizer, rng)
+    stats.truncate_to(start)
+    end = cfg.iterations if stop_at is None else min(stop_at, cfg.iterations)
+    bar = tqdm(range(start, end), initial=start, total=cfg.iterations, disable=not progress,
+               desc=f"{task.name} seed{seed}", unit="it")
+    for step in bar:
+        t0 = time.perf_counter()
+        if step % cfg.output_interval == 0:
+            save_grid(run_dir / "samples" / f"step{step:06d}.png", G_src, G_tgt, z_grid, cfg.sample_truncation, latent_avg)
+        try:
+            row = train_step(G_src, G_tgt, optimizer, ctx, rng, step)
+        except TrainingDiverged as exc:
+            _save_resume(run_dir, step, G_tgt, optimizer, rng)
+            raise TrainingDiverged(f"{exc}; stopped, the last good state is in {run_dir / 'checkpoints' / RESUME_NAME}") from None
+        row["seconds"] = time.perf_counter() - t0
+        stats.append(row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}")
+        done_steps = step + 1
+        if cfg.save_interval and done_steps % cfg.save_interval == 0 and done_steps < cfg.iterations:
+            _save_resume(run_dir, done_steps, G_tgt, optimizer, rng)
+    if end < cfg.iterations:
+        _save_resume(run_dir, end, G_tgt, optimizer, rng)
+        return G_tgt
+    save_grid(run_dir / "samples" / "final.png", G_src, G_tgt, z_grid, cfg.sample_truncation, latent_avg)
+    save_checkpoint(run_dir / "checkpoints" / FINAL_NAME, generator_config=G_tgt.cfg.to_dict(),
+                    g_ema=G_tgt.state_dict(), latent_avg=latent_avg.reshape(-1).cpu(),
+                    provenance={"method": "nada", "mode": cfg.mode, "shift": task.name, "seed": seed,
+                                "source_generator": task.generator})
+    rows = stats.rows()
+    mark_done(run_dir, {"steps": cfg.iterations, "final_loss": rows[-1]["loss"] if rows else math.nan,
+                        "seconds": sum(r.get("seconds", 0.0) for r in rows)})
+    return G_tgt
