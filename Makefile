@@ -12,6 +12,7 @@ PYTHON37 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.7*/bin/python3.7) $
 help:
 	@echo "make test        build the trainer environment (.venv) if needed and run the CPU test suite"
 	@echo "make convert     convert every official generator found in the weight cache into our checkpoint format"
+	@echo "make bench       seconds per training step and peak memory -> results/bench/"
 	@echo "make env         build only the trainer environment"
 	@echo "make env-legacy  build the legacy TensorFlow 1.15 converter environment (Python 3.7) in .venv-legacy"
 
@@ -42,3 +43,6 @@ convert: env
 
 clean-env:
 	rm -rf $(VENV) $(LEGACY_VENV)
+
+bench: env
+	$(PY) -m replication.bench

@@ -1,4 +1,4 @@
-"""Latent mapper for the "mining" step (NADA's StyleCLIP-style W+ mapper): architecture, losses, Ranger, training, I/O."""
+"""Latent mapper for the "mining" step (NADA's StyleCLIP-style W+ mapper): model, losses, Ranger, training, I/O."""
 from __future__ import annotations
 
 import math
@@ -34,7 +34,7 @@ IdentityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class MapperError(ValueError):
-    """Bad mapper input: a wrong config value, latent shape, encoder list or checkpoint; the message says how to fix it."""
+    """Bad mapper input (config value, latent shape, encoder list, checkpoint); the message says how to fix it."""
 
 
 class MapperDiverged(RuntimeError):
@@ -94,7 +94,7 @@ class MapperConfig:
             fail("no_coarse, no_medium and no_fine are all set, so there is nothing to train; clear at least one")
         if self.level_bounds is not None and not (len(self.level_bounds) == 2 and 0 <= self.level_bounds[0]
                                                   <= self.level_bounds[1]):
-            fail(f"level_bounds {self.level_bounds} must be (coarse_end, medium_end) with 0 <= coarse_end <= medium_end")
+            fail(f"level_bounds {self.level_bounds} must be (coarse_end, medium_end), 0 <= coarse_end <= medium_end")
         for name in ("lambda_clip", "lambda_l2", "lambda_norm", "lambda_id"):
             if getattr(self, name) < 0:
                 fail(f"{name} = {getattr(self, name)} must be >= 0")
@@ -107,7 +107,7 @@ class MapperConfig:
         if not all(0 <= b < 1 for b in self.betas) or len(self.betas) != 2:
             fail(f"betas {self.betas} must be two numbers in [0, 1)")
         if not 0 <= self.lookahead_alpha <= 1 or self.lookahead_k < 1:
-            fail(f"lookahead_alpha ({self.lookahead_alpha}) must be in [0, 1] and lookahead_k ({self.lookahead_k}) >= 1")
+            fail(f"lookahead_alpha ({self.lookahead_alpha}) must be in [0, 1], lookahead_k ({self.lookahead_k}) >= 1")
         if self.truncation < 0 or self.truncation_mean_samples < 1:
             fail(f"truncation ({self.truncation}) must be >= 0 and truncation_mean_samples >= 1")
         if self.n_train_latents < self.batch:
@@ -356,7 +356,8 @@ def mapper_loss(w: torch.Tensor, w_hat: torch.Tensor, x: torch.Tensor, x_hat: to
     loss_l2 = F.mse_loss(w_hat, w)
     if identity_fn is not None and cfg.lambda_id > 0:
         loss_id = (1.0 - identity_fn(x_hat, x).float()).mean()
-    total = cfg.lambda_clip * loss_clip + cfg.lambda_l2 * loss_l2 + cfg.lambda_norm * loss_norm + cfg.lambda_id * loss_id
+    total = (cfg.lambda_clip * loss_clip + cfg.lambda_l2 * loss_l2 + cfg.lambda_norm * loss_norm
+             + cfg.lambda_id * loss_id)
     terms = {"loss_clip": loss_clip, "loss_l2": loss_l2, "loss_norm": loss_norm, "loss_id": loss_id}
     return total, {k: v.detach() for k, v in terms.items()}
 
@@ -402,7 +403,7 @@ class Lookahead:
         self.step_count += 1
         if self.step_count % self.k == 0:
             for fast, slow in zip(self.params, self.slow):
-                slow.add_(fast - slow, alpha=1.0)
+                slow.add_(fast - slow, alpha=self.alpha)
                 fast.copy_(slow)
 
     def state_dict(self) -> dict[str, Any]:
@@ -416,8 +417,8 @@ class Lookahead:
 
 
 class Ranger(Lookahead):
-    """StyleCLIP's Ranger: gradient centralisation, then torch's RAdam (same rectification, threshold 5 and eps placement
-    as the reference), then Lookahead."""
+    """StyleCLIP's Ranger: gradient centralisation, then torch's RAdam (same rectification, threshold 5 and eps
+    placement as the reference), then Lookahead."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.95, 0.999), eps: float = 1e-5,
                  alpha: float = 0.5, k: int = 6, gradient_centralization: bool = True):
@@ -578,7 +579,7 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as exc:  # any unpickling failure, including a refused foreign object, means "not ours"
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MapperError(f"{path} is not a loadable mapper checkpoint ({first_line}); "
-                          "only files written by save_mapper or StyleCLIP/NADA mapper checkpoints are accepted") from None
+                          "only save_mapper files and StyleCLIP/NADA mapper checkpoints are accepted") from None
     if not isinstance(payload, dict) or "state_dict" not in payload:
         raise MapperError(f"{path} holds no mapper state_dict; expected a file written by save_mapper")
     return payload
@@ -597,7 +598,8 @@ def _from_styleclip(payload: dict[str, Any], path: Path) -> tuple[LatentMapper, 
     if opts.get("mapper_type", "LevelsMapper") not in types:
         raise MapperError(f"{path}: mapper_type {opts.get('mapper_type')!r} is unknown; expected one of {list(types)}")
     cfg = MapperConfig(
-        description=str(opts.get("description") or "unknown"), mapper_type=types[opts.get("mapper_type", "LevelsMapper")],
+        description=str(opts.get("description") or "unknown"),
+        mapper_type=types[opts.get("mapper_type", "LevelsMapper")],
         no_coarse=bool(opts.get("no_coarse_mapper", False)), no_medium=bool(opts.get("no_medium_mapper", False)),
         no_fine=bool(opts.get("no_fine_mapper", False)), lambda_clip=float(opts.get("clip_lambda", 1.0)),
         lambda_l2=float(opts.get("latent_l2_lambda", 0.8)), lambda_norm=float(opts.get("norm_lambda", 0.0)),

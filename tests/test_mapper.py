@@ -1,6 +1,7 @@
 """Tests of the latent mapper: level split, edits, losses, Ranger, training on a tiny G + tiny CLIP, checkpoints."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -62,11 +63,13 @@ def held_out_scores(G, encoder, mapper, cfg, wplus) -> tuple[float, float]:
         w_hat = wplus if mapper is None else mapper.edit(wplus, cfg.step_scale)
         images = G.synthesis(w_hat, noise_mode="const")
         embeddings = encoder.encode_image(prepare_for_clip(encoder, images, cfg.mode))
-        clip = clip_text_loss(encoder, images, embeddings, cfg.description).mean().item()
+        # written out here rather than through clip_text_loss, so a wrong sign there cannot hide in the measurement
+        cosine = nn.functional.cosine_similarity(embeddings, encoder.text_features([cfg.description]), dim=-1)
+        clip = (1.0 - encoder.logit_scale * cosine / 100.0).mean().item()
         return clip, (w_hat - wplus).pow(2).mean().item()
 
 
-# ---------------------------------------------------------------------------------------------------------- architecture
+# ------------------------------------------------------------------------------------------------------- architecture
 
 
 def test_level_split_matches_styleclip_and_clamps_for_small_generators():
@@ -174,6 +177,17 @@ def test_faithful_clip_input_is_not_normalised_and_fixed_uses_the_encoder_prepro
 # ---------------------------------------------------------------------------------------------------------- losses
 
 
+def test_clip_text_loss_matches_golden_global_loss(encoder):
+    golden = torch.load(DATA / "clip_tiny_loss_golden.pt", weights_only=True)
+    for key, images, text in (("global_sketch", golden["images"]["tgt"], "sketch"),
+                              ("global_a_sketch", golden["images"]["tgt"], "a sketch"),
+                              ("global_sketch_64px", golden["images"]["tgt64"], "sketch")):
+        # in fixed mode the mapper's CLIP input is the encoder's own preprocess, i.e. NADA's global loss exactly
+        embeddings = encoder.encode_image(prepare_for_clip(encoder, images, "fixed"))
+        loss = clip_text_loss(encoder, images, embeddings, text).mean()
+        assert loss.item() == pytest.approx(float(golden[key]["loss"]), abs=1e-5), key
+
+
 def test_embedding_norm_term_is_zero_for_identity_edit_and_positive_otherwise(G, encoder):
     cfg = tiny_cfg()
     w = sample_wplus(G, 2, truncation=0.7, mean_samples=64, generator=torch.Generator().manual_seed(1))
@@ -239,6 +253,25 @@ def test_gradient_centralisation_makes_per_output_gradients_zero_mean():
     weight.grad = torch.randn(4, 3) + 5.0
     Ranger([weight], lr=0.1).step()
     torch.testing.assert_close(weight.grad.mean(dim=1), torch.zeros(4), rtol=0, atol=1e-6)
+
+
+def test_ranger_state_dict_resumes_exactly():
+    def run(optimizer, weight, steps):
+        for _ in range(steps):
+            optimizer.zero_grad()
+            ((weight - 3.0) ** 2).sum().backward()
+            optimizer.step()
+
+    weight = nn.Parameter(torch.linspace(-1, 1, 12).view(3, 4))
+    optimizer = Ranger([weight], lr=0.1, k=3)
+    run(optimizer, weight, 4)
+    state, snapshot = copy.deepcopy(optimizer.state_dict()), weight.detach().clone()  # as torch.save would freeze it
+    run(optimizer, weight, 5)
+    resumed_weight = nn.Parameter(snapshot)
+    resumed = Ranger([resumed_weight], lr=0.1, k=3)
+    resumed.load_state_dict(state)
+    run(resumed, resumed_weight, 5)
+    torch.testing.assert_close(resumed_weight.detach(), weight.detach(), rtol=0, atol=0)
 
 
 def _reference_ranger(params, grad_fn, steps, lr, betas, eps, alpha, k):

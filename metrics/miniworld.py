@@ -1,0 +1,114 @@
+"""Mini-world ground-truth scores of an adapted generator: target accuracy, label keeping, attributes, paired error."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from replication.miniworld.attributes import CHARACTERS, STYLES
+from replication.miniworld.render import render
+
+SOURCE_STYLE, SOURCE_CHARACTER = "photo", "human"
+
+
+class ShiftKindError(ValueError):
+    """The shift's texts are not mini-world domain names."""
+
+
+@dataclass(frozen=True)
+class MiniShift:
+    """A mini-world domain shift in domain names: which axis changes, and the target domain."""
+
+    axis: str  # "style" or "character"
+    target: str  # target style or character name
+
+    @property
+    def target_style(self) -> str:
+        return self.target if self.axis == "style" else SOURCE_STYLE
+
+    @property
+    def target_character(self) -> str:
+        return self.target if self.axis == "character" else SOURCE_CHARACTER
+
+
+def mini_shift(source_text: str, target_text: str) -> MiniShift:
+    """Read a shift such as photo -> sketch or human -> zombie as an axis and a target domain."""
+    if source_text == SOURCE_STYLE and target_text in STYLES and target_text != SOURCE_STYLE:
+        return MiniShift("style", target_text)
+    if source_text == SOURCE_CHARACTER and target_text in CHARACTERS and target_text != SOURCE_CHARACTER:
+        return MiniShift("character", target_text)
+    raise ShiftKindError(f"mini-world shifts go from 'photo' to one of {STYLES[1:]} or from 'human' to one of "
+                         f"{CHARACTERS[1:]}; got {source_text!r} -> {target_text!r}")
+
+
+def r2_score(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Coefficient of determination per column (1 - SSE/SST)."""
+    sse = ((pred - true) ** 2).sum(0)
+    sst = ((true - true.mean(0)) ** 2).sum(0)
+    return 1.0 - sse / np.maximum(sst, 1e-12)
+
+
+def edge_map(x: torch.Tensor) -> torch.Tensor:
+    """Sobel gradient magnitude of the luminance, [N, H, W]."""
+    grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device).view(1, 1, 3, 3)
+    gx = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), kx)
+    gy = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), kx.transpose(2, 3))
+    return (gx.pow(2) + gy.pow(2)).sqrt().squeeze(1)
+
+
+def edge_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample Pearson correlation of the edge maps of two image batches."""
+    ea, eb = edge_map(a).flatten(1), edge_map(b).flatten(1)
+    ea, eb = ea - ea.mean(1, keepdim=True), eb - eb.mean(1, keepdim=True)
+    return (ea * eb).sum(1) / (ea.norm(dim=1) * eb.norm(dim=1)).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def sample(G, z: torch.Tensor, batch: int = 100) -> torch.Tensor:
+    """Images of G for latents z at fixed noise and no truncation, in chunks."""
+    out = []
+    for i in range(0, z.shape[0], batch):
+        img, _ = G([z[i:i + batch]], noise_mode="const")
+        out.append(img.float().clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def score_shift(G_src, G_tgt, evaluator, shift: MiniShift, z: torch.Tensor, *,
+                true_attrs: torch.Tensor | None = None) -> dict[str, float]:
+    """Ground-truth scores of G_tgt against the mini world on latents z.
+
+    The truth for G_tgt(z) is the render, in the target domain, of the attributes the evaluator reads from G_src(z)
+    (or of `true_attrs` when the generator's latent-to-attribute map is known).
+    """
+    x_src, x_tgt = sample(G_src, z), sample(G_tgt, z)
+    pred_src, pred_tgt = evaluator.predict(x_src), evaluator.predict(x_tgt)
+    attrs_src = pred_src["attrs"].clamp(0, 1).cpu()
+    truth_attrs = attrs_src if true_attrs is None else true_attrs.cpu()
+    x_true = render(truth_attrs, shift.target_style, shift.target_character)
+    style_tgt = pred_tgt["style_logits"].argmax(1).cpu()
+    char_tgt = pred_tgt["character_logits"].argmax(1).cpu()
+    style_ok = style_tgt == STYLES.index(shift.target_style)
+    char_ok = char_tgt == CHARACTERS.index(shift.target_character)
+    target_ok, kept_ok = (style_ok, char_ok) if shift.axis == "style" else (char_ok, style_ok)
+    ref = truth_attrs.numpy()
+    r2_src = r2_score(attrs_src.numpy(), ref) if true_attrs is not None else np.ones(ref.shape[1])
+    r2_tgt = r2_score(pred_tgt["attrs"].clamp(0, 1).cpu().numpy(), ref)
+    spread_src = x_src.std(0).mean().item()
+    spread_tgt = x_tgt.std(0).mean().item()
+    return {
+        "target_accuracy": target_ok.float().mean().item(),
+        "kept_label_accuracy": kept_ok.float().mean().item(),
+        "attr_r2_src": float(np.mean(r2_src)),
+        "attr_r2_tgt": float(np.mean(r2_tgt)),
+        "attr_r2_ratio": float(np.mean(r2_tgt) / max(np.mean(r2_src), 1e-12)),
+        "edge_corr_true": edge_correlation(x_tgt, x_true).mean().item(),
+        "edge_corr_true_src": edge_correlation(x_src, x_true).mean().item(),
+        "paired_l1": (x_tgt - x_true).abs().mean().item(),
+        "paired_l1_src": (x_src - x_true).abs().mean().item(),
+        "pixel_spread_ratio": spread_tgt / max(spread_src, 1e-12),
+        "n_samples": int(z.shape[0]),
+    }
