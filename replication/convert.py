@@ -50,9 +50,8 @@ from replication.checkpoint import (
     make_provenance,
     read_torch_file,
     save_checkpoint,
-    sha256_file,
 )
-from replication.networks import DiscriminatorConfig, Generator, GeneratorConfig, make_blur_kernel
+from replication.networks import DiscriminatorConfig, GeneratorConfig, make_blur_kernel
 from replication.safe_unpickle import (
     PersistentObjectState,
     TFNetworkState,
@@ -76,6 +75,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 class ConversionError(ValueError):
     """A source file cannot be converted faithfully; the message names what is wrong in one line."""
+
+
+class DiscriminatorConversionError(ConversionError):
+    """Only the (optional) discriminator could not be converted; the generator may still be converted without it."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -542,7 +545,7 @@ def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike, *, fmt: st
         if other_cfg != cfg:
             raise ConversionError(f"{name}: G and Gs have different architectures")
         if include_d:
-            d_cfg, d_state, d_notes = _tf_discriminator(tf_d, f"{name} D")
+            d_cfg, d_state, d_notes = _discriminator_or_raise(_tf_discriminator, tf_d, f"{name} D")
             extra.update(d_notes)
     elif detected == FORMAT_ADA:
         if not isinstance(obj.get(which), (PersistentObjectState, TorchModuleState)):
@@ -555,7 +558,7 @@ def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike, *, fmt: st
             if other_cfg != cfg:
                 raise ConversionError(f"{name}: G and G_ema have different architectures")
         if include_d and isinstance(obj.get("D"), (PersistentObjectState, TorchModuleState)):
-            d_cfg, d_state, d_notes = _ada_discriminator(obj["D"], f"{name} D")
+            d_cfg, d_state, d_notes = _discriminator_or_raise(_ada_discriminator, obj["D"], f"{name} D")
             extra.update(d_notes)
     else:
         try:
@@ -578,6 +581,14 @@ def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike, *, fmt: st
                                extra=_plain(extra))
     except CheckpointError as exc:
         raise ConversionError(str(exc)) from None
+
+
+def _discriminator_or_raise(func: Callable[[Any, str], Any], net: Any, what: str) -> Any:
+    try:
+        return func(net, what)
+    except ConversionError as exc:
+        raise DiscriminatorConversionError(f"{exc} (pass --no-discriminator to convert the generator alone)") \
+            from None
 
 
 def _check_resolution(cfg: GeneratorConfig, expected: int | None, name: str) -> None:
@@ -682,8 +693,14 @@ def convert_all(out_dir: str | os.PathLike | None = None, *, require_all: bool =
             if _up_to_date(dst, manifest, source_sha):
                 log(f"up to date: {dst}")
                 continue
-            convert(entry.path, dst, fmt=entry.format, expected_resolution=entry.resolution,
-                    source_sha256=source_sha)
+            try:
+                convert(entry.path, dst, fmt=entry.format, expected_resolution=entry.resolution,
+                        source_sha256=source_sha)
+            except DiscriminatorConversionError as exc:
+                # NADA needs only the generator; an unusual discriminator must not block it.
+                warn(f"warning: {name}: discriminator not converted ({exc})")
+                convert(entry.path, dst, fmt=entry.format, expected_resolution=entry.resolution,
+                        source_sha256=source_sha, include_d=False)
             _write_manifest(manifest, name, entry.filename, source_sha, dst)
             log(f"converted: {entry.path} -> {dst}")
         except ValueError as exc:  # WeightError, ConversionError, UnsafePickleError, CheckpointError
@@ -732,7 +749,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", default=None, help="with --all: output folder (default <repo>/cache/converted)")
     parser.add_argument("--compare-npz", default=None, metavar="NPZ",
                         help="instead of converting: compare SRC (a converted .pt) with a TF render from "
-                             "legacy_tf_crosscheck.py and write a TF/ours/|diff| grid PNG")
+                             "legacy_tf_crosscheck.py and write a TF/ours/|diff| grid PNG to DST (default: next to "
+                             "the npz)")
     args = parser.parse_args(argv)
     try:
         if args.all:
