@@ -230,14 +230,16 @@ def load_clip(name_or_path: str | os.PathLike, device: str | torch.device = "cpu
     """
     device = torch.device(device)
     name = str(name_or_path)
-    if name in known_clip_names():
-        from replication import weights  # imported here: the registry is only needed for named models
+    from replication import weights  # the registry knows OpenAI's models and the mini world's shipped ones
 
+    registered = {n for n, e in weights.registry().items() if e.kind == "clip"}
+    if name in known_clip_names() or name in registered:
         path = Path(weights.resolve(name))
     elif Path(name).is_file():
         path = Path(name)
     else:
-        raise ClipModelError(f"unknown CLIP model {name!r}: not a file and not one of {', '.join(known_clip_names())}")
+        known = sorted(set(known_clip_names()) | registered)
+        raise ClipModelError(f"unknown CLIP model {name!r}: not a file and not one of {', '.join(known)}")
     if dtype is None:
         dtype = _default_dtype(device)
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):

@@ -33,7 +33,7 @@ from typing import Any
 from replication.checkpoint import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-KINDS = ("generator", "clip", "inception", "alexnet")
+KINDS = ("generator", "clip", "inception", "alexnet", "evaluator")
 FORMATS = ("tf-stylegan2", "stylegan2-ada-pytorch", "rosinality", "nada-replication-checkpoint", "clip-jit",
            "torch-state-dict")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -58,11 +58,13 @@ class WeightEntry:
     sha256_prefix: str | None = None  # where a source states only a prefix (torch.hub file-name convention)
     mirrors: tuple[str, ...] = ()
     description: str = ""
+    repo_path: str | None = None  # shipped in this repository at this path (the mini world's weights)
+    recipe: str = ""  # the command that retrains a shipped weight
 
     @property
     def path(self) -> Path:
-        """Where this file is expected: weights_dir() / filename."""
-        return weights_dir() / self.filename
+        """Where this file is expected: weights_dir() / filename, or the repository path of a shipped file."""
+        return REPO_ROOT / self.repo_path if self.repo_path else weights_dir() / self.filename
 
 
 def weights_dir() -> Path:
