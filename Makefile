@@ -7,9 +7,17 @@ LEGACY_VENV := .venv-legacy
 # A Python 3.7 for the legacy TF 1.15 environment: pyenv's if present, else whatever python3.7 is on PATH.
 PYTHON37 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.7*/bin/python3.7) $(shell command -v python3.7 2>/dev/null))
 
-.PHONY: env env-legacy test convert replicate bench clean-env help
+WORLD ?= mini
+SHIFTS ?=
+METHODS ?=
+SEEDS ?=
+
+.PHONY: env env-legacy test convert replicate figures collect bench clean-env help
 
 help:
+	@echo "make replicate   train, score and draw every shift of WORLD (mini by default; WORLD=paper needs make convert)"
+	@echo "                 narrow it with SHIFTS=\"mini--sketch\" METHODS=\"nada source\" SEEDS=\"0\""
+	@echo "make figures     redraw paper_figures/out/ from results/ only"
 	@echo "make test        build the trainer environment (.venv) if needed and run the CPU test suite"
 	@echo "make convert     convert every official generator found in the weight cache into our checkpoint format"
 	@echo "make bench       seconds per training step and peak memory -> results/bench/"
@@ -40,6 +48,16 @@ test: env
 
 convert: env
 	$(PY) -m replication.convert --all
+
+replicate: env
+	$(PY) -m replication.replicate --world $(WORLD) $(if $(SHIFTS),--shifts $(SHIFTS)) \
+		$(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS))
+
+collect: env
+	$(PY) -m results.collect
+
+figures: env
+	$(PY) -m paper_figures.make_all
 
 clean-env:
 	rm -rf $(VENV) $(LEGACY_VENV)

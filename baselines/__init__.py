@@ -1,12 +1,16 @@
-"""Methods behind one interface, adapt(G_src, shift, seed, run_dir, **kw) -> G_tgt: NADA and the baselines."""
+"""Methods behind one interface, adapt(G_src, shift, seed, run_dir, **kw) -> G_tgt: NADA, its ablations, baselines."""
 from __future__ import annotations
 
 from typing import Callable
 
+from baselines.nada_variants import nada_freeze, nada_global, nada_nofreeze
 from baselines.source import adapt as source_adapt
 from replication.nada import adapt as nada_adapt
 
 METHODS: dict[str, Callable] = {
     "nada": nada_adapt,
+    "nada-global": nada_global,
+    "nada-nofreeze": nada_nofreeze,
+    "nada-freeze": nada_freeze,
     "source": source_adapt,  # the unadapted generator: the floor every method is compared with
 }

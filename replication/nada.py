@@ -77,7 +77,7 @@ def build_context(task: TaskConfig, cfg: NadaConfig, guidance: ClipGuidance, G_s
 
 def adapt(G_src: Generator, shift: ShiftConfig, seed: int, run_dir: Path, *, encoders=None,
           weights_sha256: dict[str, str] | None = None, progress: bool = True, stop_at: int | None = None,
-          latent_avg: torch.Tensor | None = None) -> Generator:
+          latent_avg: torch.Tensor | None = None, method: str = "nada") -> Generator:
     """The method interface shared with the baselines: returns the adapted generator G_tgt."""
     device = next(G_src.parameters()).device
     cfg = shift.nada
@@ -87,7 +87,7 @@ def adapt(G_src: Generator, shift: ShiftConfig, seed: int, run_dir: Path, *, enc
     guidance = build_guidance(shift.task, cfg, encoders, G_src, rng)
     ctx = build_context(shift.task, cfg, guidance, G_src)
     return run_nada(G_src, shift, ctx, seed, run_dir, weights_sha256=weights_sha256, progress=progress,
-                    stop_at=stop_at, latent_avg=latent_avg)
+                    stop_at=stop_at, latent_avg=latent_avg, method=method)
 
 
 def load_source(shift: ShiftConfig, device: torch.device) -> tuple[Generator, torch.Tensor | None, dict[str, str]]:

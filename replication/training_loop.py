@@ -153,7 +153,7 @@ def _save_resume(run_dir: Path, step: int, G_tgt: Generator, optimizer, rng: tor
 
 def run_nada(G_src: Generator, shift: ShiftConfig, ctx: StepContext, seed: int, run_dir: Path, *,
              weights_sha256: dict[str, str] | None = None, progress: bool = True,
-             stop_at: int | None = None, latent_avg: torch.Tensor | None = None) -> Generator:
+             stop_at: int | None = None, latent_avg: torch.Tensor | None = None, method: str = "nada") -> Generator:
     """Train G_tgt from G_src for one shift and seed into run_dir; skips a finished run, resumes an interrupted one.
 
     `stop_at` ends the run early after that many steps (without the DONE marker), which tests use to simulate a kill.
@@ -163,7 +163,7 @@ def run_nada(G_src: Generator, shift: ShiftConfig, ctx: StepContext, seed: int, 
     cfg, task = ctx.cfg, shift.task
     run_dir = Path(run_dir)
     device = next(G_src.parameters()).device
-    resolved = {"method": "nada", "mode": cfg.mode, "seed": seed, **to_dict(shift)}
+    resolved = {"method": method, "mode": cfg.mode, "seed": seed, **to_dict(shift)}
     config_path = run_dir / "config.json"
     if config_path.exists():
         if json.loads(config_path.read_text()) != json.loads(json.dumps(resolved)):
@@ -218,7 +218,7 @@ def run_nada(G_src: Generator, shift: ShiftConfig, ctx: StepContext, seed: int, 
     save_grid(run_dir / "samples" / "final.png", G_src, G_tgt, z_grid, cfg.sample_truncation, latent_avg)
     save_checkpoint(run_dir / "checkpoints" / FINAL_NAME, generator_config=G_tgt.cfg.to_dict(),
                     g_ema=G_tgt.state_dict(), latent_avg=latent_avg.reshape(-1).cpu(),
-                    provenance={"method": "nada", "mode": cfg.mode, "shift": task.name, "seed": seed,
+                    provenance={"method": method, "mode": cfg.mode, "shift": task.name, "seed": seed,
                                 "source_generator": task.generator})
     rows = stats.rows()
     mark_done(run_dir, {"steps": cfg.iterations, "final_loss": rows[-1]["loss"] if rows else math.nan,

@@ -1,0 +1,94 @@
+"""Draw every figure from results/scores.csv and the runs' sample grids only (no weights, no GPU).
+
+Example: python -m paper_figures.make_all
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from metrics.stats import bootstrap_ci  # noqa: E402
+from replication.runio import REPO_ROOT  # noqa: E402
+
+HEADLINE = ("target_accuracy", "kept_label_accuracy", "attr_r2_ratio", "edge_corr_true", "paired_l1",
+            "pixel_spread_ratio", "fid_evaluator", "clip_dir")
+
+
+def _base(metric: str) -> str:
+    for name in HEADLINE:
+        if metric.startswith(("mini_" + name, name)):
+            return name
+    return ""
+
+
+def fig_mini_scores(scores: pd.DataFrame, out: Path) -> Path | None:
+    """One panel per headline metric: mean over seeds with a 95% bootstrap CI, per shift and method."""
+    df = scores[(scores.world == "mini")].copy()
+    df["base"] = df.metric.map(_base)
+    df = df[df.base != ""]
+    if df.empty:
+        return None
+    metrics = [m for m in HEADLINE if m in set(df.base)]
+    shifts, methods = sorted(df["shift"].unique()), sorted(df.method.unique())
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4), squeeze=False)
+    width = 0.8 / len(methods)
+    for ax, metric in zip(axes[0], metrics):
+        for j, method in enumerate(methods):
+            for i, shift in enumerate(shifts):
+                vals = df[(df.base == metric) & (df.method == method) & (df["shift"] == shift)].value
+                if vals.empty:
+                    continue
+                mean, lo, hi = bootstrap_ci(vals.to_numpy())
+                ax.bar(i + j * width, mean, width, yerr=[[mean - lo], [hi - mean]], capsize=2,
+                       color=f"C{j}", label=method if i == 0 else None)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(shifts))], [s.replace("mini--", "") for s in shifts],
+                      rotation=30, fontsize=8)
+        ax.set_title(metric, fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "mini_scores.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def fig_mini_grids(runs_dir: Path, out: Path, seed: int = 0) -> Path | None:
+    """Final sample grids (source row above adapted row) of every mini shift and method, seed 0, stacked."""
+    grids = sorted(runs_dir.glob(f"mini/*/*/seed{seed}/samples/final.png"))
+    if not grids:
+        return None
+    fig, axes = plt.subplots(len(grids), 1, figsize=(6, 1.9 * len(grids)), squeeze=False)
+    for ax, path in zip(axes[:, 0], grids):
+        ax.imshow(Image.open(path))
+        ax.set_axis_off()
+        ax.set_title(f"{path.parts[-5]} / {path.parts[-4]}", fontsize=8)
+    fig.tight_layout()
+    path = out / "mini_grids.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def make_all(scores_csv: Path, runs_dir: Path, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    scores = pd.read_csv(scores_csv) if Path(scores_csv).is_file() else pd.DataFrame(columns=["world"])
+    made = [fig_mini_scores(scores, out) if not scores.empty else None, fig_mini_grids(Path(runs_dir), out)]
+    return [p for p in made if p is not None]
+
+
+def main(argv: list[str] | None = None) -> int:
+    for path in make_all(REPO_ROOT / "results" / "scores.csv", REPO_ROOT / "results" / "runs",
+                         REPO_ROOT / "paper_figures" / "out"):
+        print(f"figure: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""`make replicate`: train every shift of a world with every method and seed, score each run, collect, draw figures.
+
+Finished runs are skipped and interrupted ones resume. Examples:
+    python -m replication.replicate                                  # mini world, default methods and seeds
+    python -m replication.replicate --world mini --shifts mini--sketch --methods nada --seeds 0
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from replication.config import ConfigError, available_shifts, load_shift
+from replication.runio import REPO_ROOT, is_done
+
+DEFAULT_METHODS = ("source", "nada", "nada-global", "nada-freeze")
+DEFAULT_SEEDS = (0, 1, 2)
+
+
+def world_shifts(world: str) -> list[str]:
+    return [name for name in available_shifts() if load_shift(name).task.world == world]
+
+
+def run_one(shift_name: str, method: str, seed: int, outdir: Path, device: torch.device, n_eval: int,
+            progress: bool) -> Path:
+    from baselines import METHODS
+    from metrics.calc import score_mini_run, write_metrics
+    from replication.nada import load_source
+    from replication.train import run_dir_for
+
+    shift = load_shift(shift_name)
+    run_dir = run_dir_for(outdir, shift.task.world, shift.task.name, method, seed)
+    if is_done(run_dir) and (run_dir / "metrics.jsonl").is_file():
+        return run_dir
+    G_src, latent_avg, shas = load_source(shift, device)
+    G_tgt = METHODS[method](G_src, shift, seed, run_dir, weights_sha256=shas, progress=progress, latent_avg=latent_avg)
+    if shift.task.world == "mini":
+        write_metrics(run_dir, score_mini_run(G_src, G_tgt.eval(), shift, n=n_eval))
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m replication.replicate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--world", default="mini", choices=("mini", "paper"))
+    p.add_argument("--shifts", nargs="*", help="shift names (default: every shift of the world)")
+    p.add_argument("--methods", nargs="*", default=list(DEFAULT_METHODS))
+    p.add_argument("--seeds", nargs="*", type=int, default=list(DEFAULT_SEEDS))
+    p.add_argument("--outdir", type=Path, default=REPO_ROOT / "results" / "runs")
+    p.add_argument("--n-eval", type=int, default=500, help="evaluation latents per run")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    from baselines import METHODS
+    from replication.checkpoint import CheckpointError
+    from replication.clip_models import ClipModelError, PromptError
+    from replication.nada import GeneratorNotFound
+    from replication.weights import WeightError
+
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    try:
+        unknown = [m for m in args.methods if m not in METHODS]
+        if unknown:
+            raise ConfigError(f"unknown method(s) {unknown}; known: {sorted(METHODS)}")
+        shifts = args.shifts or world_shifts(args.world)
+        jobs = [(s, m, k) for s in shifts for m in args.methods for k in args.seeds]
+        for i, (shift_name, method, seed) in enumerate(jobs):
+            print(f"[{i + 1}/{len(jobs)}] {shift_name} {method} seed{seed}", flush=True)
+            run_one(shift_name, method, seed, args.outdir, device, args.n_eval, not args.no_progress)
+    except (ConfigError, CheckpointError, ClipModelError, PromptError, GeneratorNotFound, WeightError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from results.collect import collect_rows, write_scores
+
+    scores = write_scores(collect_rows(args.outdir), args.outdir.parent / "scores.csv")
+    print(f"scores: {scores}")
+    if not args.no_figures:
+        from paper_figures.make_all import make_all
+
+        for path in make_all(scores, args.outdir, scores.parent.parent / "paper_figures" / "out"
+                             if args.outdir == REPO_ROOT / "results" / "runs" else args.outdir.parent / "figures"):
+            print(f"figure: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

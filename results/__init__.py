@@ -1,0 +1,1 @@
+"""Run outputs and the long-format scores table that every figure reads."""
