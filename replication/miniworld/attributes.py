@@ -13,13 +13,13 @@ from torch import Tensor
 ATTRIBUTE_NAMES: tuple[str, ...] = (
     "face_x",  # head centre x = (u - 0.5) * 0.30 image units (about +-5 px at 64 px)
     "face_y",  # head centre y = (u - 0.5) * 0.20 image units (down is positive)
-    "face_scale",  # head half-height = 0.5 * (0.80 + 0.35 u) image units
+    "face_scale",  # head half-height = 0.5 * (0.90 + 0.30 u) image units (14.4 to 19.2 px at 64 px)
     "rotation",  # in-plane head tilt = (u - 0.5) * 0.50 rad (about +-14 degrees), clockwise positive
     "face_width",  # head half-width / half-height = 0.70 + 0.22 u
     "skin_tone",  # position on a light-to-dark skin palette (0 = lightest)
     "hair_color",  # position on the palette black -> brown -> auburn -> blond -> grey
     "hair_length",  # 0 = cropped, 1 = down to the shoulders (long hair is > 0.66, short < 0.33)
-    "eye_size",  # eye radius = 0.13 + 0.09 u head units
+    "eye_size",  # eye radius = 0.12 + 0.08 u head units
     "smile",  # mouth curvature = 2u - 1 in [-1, 1]; "smiling" is curvature > 0.3 (u > 0.65)
     "glasses",  # frame opacity ramps from 0 at u = 0.45 to 1 at u = 0.55; "with glasses" is u > 0.5
     "background_hue",  # hue of the backdrop, on the colour wheel (0 = red, 1/3 = green, 2/3 = blue)
@@ -87,7 +87,7 @@ def check_attributes(attrs: Tensor) -> Tensor:
             f"got {tuple(attrs.shape)}"
         )
     attrs = attrs.detach().to(device="cpu", dtype=torch.float32)
-    if not torch.isfinite(attrs).all() or attrs.min() < 0 or attrs.max() > 1:
+    if attrs.numel() and (not torch.isfinite(attrs).all() or attrs.min() < 0 or attrs.max() > 1):
         raise AttributeShapeError("attribute values must be finite and inside [0, 1]; clamp them with attrs.clamp(0, 1)")
     return attrs
 

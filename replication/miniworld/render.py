@@ -9,7 +9,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,10 +19,8 @@ from replication.miniworld.attributes import (
     ATTRIBUTE_INDEX,
     CHARACTERS,
     HAIR_PALETTE,
-    NUM_ATTRIBUTES,
     SKIN_PALETTE,
     STYLES,
-    AttributeShapeError,
     check_attributes,
     check_character,
     check_style,
@@ -109,12 +107,13 @@ def _triangle_wave(x: Tensor) -> Tensor:
 
 def _hash_noise(seed: Tensor, size: int) -> Tensor:
     """Per-pixel uniform noise [N, size, size] in [0, 1): an integer hash of (seed, x, y), never a global RNG."""
+    # Values are kept below 2**32 and multipliers below 2**30, so no int64 product can overflow.
     mask = 0xFFFFFFFF
     coords = torch.arange(size, dtype=torch.int64)
     h = (coords.view(1, 1, size) * 374761393 + coords.view(1, size, 1) * 668265263) & mask
-    h = (h ^ (seed.view(-1, 1, 1) * 2654435761 & mask)) & mask
-    h = ((h ^ (h >> 15)) * 2246822519) & mask
-    h = ((h ^ (h >> 13)) * 3266489917) & mask
+    h = h ^ (((seed.view(-1, 1, 1) & mask) * 1013904223) & mask)
+    h = ((h ^ (h >> 15)) * 777767777) & mask
+    h = ((h ^ (h >> 13)) * 1025202361) & mask
     h = h ^ (h >> 16)
     return (h & 0xFFFFFF).to(torch.float32) / float(1 << 24)
 
@@ -155,6 +154,7 @@ class _Layer:
     stroke: bool = False  # already a line (mouth, frames, scars): drawn solid, not outlined, in line styles
     opacity: Tensor | None = None  # [n] per-sample visibility (glasses)
     strands: Tensor | None = None  # [n, H, W] in [0, 1]: fur strands drawn as texture
+    glaze: bool = False  # translucent tint (lenses): skipped by the line-only styles
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def _column(attrs: Tensor, name: str) -> Tensor:
     return attrs[:, ATTRIBUTE_INDEX[name]].view(-1, 1, 1)
 
 
-def _mix(a: Tensor, b, t: float) -> Tensor:
+def _mix(a: Tensor, b: tuple[float, float, float] | Tensor, t: float) -> Tensor:
     return a * (1 - t) + torch.as_tensor(b, dtype=torch.float32) * t
 
 
@@ -191,10 +191,10 @@ def _build_scene(attrs: Tensor, character: str, size: int) -> _Scene:
 
     cx = (_column(attrs, "face_x") - 0.5) * 0.30
     cy = (_column(attrs, "face_y") - 0.5) * 0.20
-    half_height = 0.5 * (0.80 + 0.35 * _column(attrs, "face_scale"))
+    half_height = 0.5 * (0.90 + 0.30 * _column(attrs, "face_scale"))
     theta = (_column(attrs, "rotation") - 0.5) * 0.50
     rx = 0.70 + 0.22 * _column(attrs, "face_width")
-    eye_r = 0.13 + 0.09 * _column(attrs, "eye_size")
+    eye_r = 0.12 + 0.08 * _column(attrs, "eye_size")
     bend = (2.0 * _column(attrs, "smile") - 1.0) * 0.20
     hair_len = _column(attrs, "hair_length")
     glasses = ((attrs[:, ATTRIBUTE_INDEX["glasses"]] - 0.45) / 0.10).clamp(0.0, 1.0)
@@ -220,7 +220,7 @@ def _build_scene(attrs: Tensor, character: str, size: int) -> _Scene:
     # Egg-shaped head: narrowing the lower half makes a chin.
     head_u = u / (1.0 - chin_taper * v.clamp(0.0, 1.2))
     head = _ellipse(head_u, v, 0.0, 0.0, head_rx, 1.0)
-    eye_u = 0.40 * head_rx + 0.03
+    eye_u = 0.40 * head_rx + 0.05
     eye_v = -0.08
     mouth_v = 0.56
 
@@ -301,7 +301,7 @@ def _build_scene(attrs: Tensor, character: str, size: int) -> _Scene:
             hairline = hairline - 0.18 + 0.16 * _triangle_wave(u * 4.5)
         add(_Layer("hair", px(torch.maximum(cap, v - hairline)), layers[0].color))
     if character == "elf":  # circlet with a gem
-        band = _arc(u, v, -0.50, head_rx * 0.86, -0.10, 0.055)
+        band = _arc(u, v, -0.50, head_rx * 0.86, -0.10, 0.08)
         add(_Layer("circlet", px(band), _rgb(n, (0.92, 0.78, 0.25)), stroke=True))
         add(_Layer("gem", px(_circle(u, v, 0.0, -0.53, 0.10)), _rgb(n, (0.20, 0.75, 0.45))))
     if character == "clown":
@@ -314,8 +314,9 @@ def _build_scene(attrs: Tensor, character: str, size: int) -> _Scene:
 
     # --- eyes
     if character == "zombie":
-        socket = _ellipse(au, v, eye_u, eye_v, eye_r * 1.75, eye_r * 1.45)
-        add(_Layer("sockets", px(socket), _rgb(n, (0.16, 0.12, 0.14))))
+        socket = _ellipse(au, v, eye_u, eye_v, eye_r * 1.55, eye_r * 1.35)
+        # Bruised rather than black, so that black glasses frames still show on top of it.
+        add(_Layer("sockets", px(socket), _rgb(n, (0.30, 0.20, 0.27))))
     if character == "clown":
         diamond = _polygon(au - eye_u, (v - eye_v) / 2.2, [(0.0, -0.2), (0.17, 0.0), (0.0, 0.2), (-0.17, 0.0)])
         add(_Layer("makeup", px(diamond), _rgb(n, (0.20, 0.40, 0.90))))
@@ -324,11 +325,11 @@ def _build_scene(attrs: Tensor, character: str, size: int) -> _Scene:
     eye_rv = eye_r * (0.80 if character == "elf" else 1.0)
     add(_Layer("eyes", px(_ellipse(au, v, eye_u, eye_v, eye_ru, eye_rv)), _rgb(n, white_col)))
     if character == "werewolf":
-        pupil = _ellipse(au, v, eye_u, eye_v, eye_r * 0.32, eye_r * 0.9)
+        pupil = _ellipse(au, v, eye_u, eye_v, eye_r * 0.45, eye_r * 0.9)
     elif character == "zombie":
-        pupil = _circle(au, v, eye_u, eye_v, eye_r * 0.35)
+        pupil = _circle(au, v, eye_u, eye_v, eye_r * 0.5)
     else:
-        pupil = _circle(au, v, eye_u, eye_v, eye_r * 0.58)
+        pupil = _circle(au, v, eye_u, eye_v, eye_r * 0.62)
     pupil_col = {"zombie": (0.55, 0.55, 0.45), "elf": (0.10, 0.35, 0.20)}.get(character, (0.10, 0.07, 0.06))
     add(_Layer("pupils", px(pupil), _rgb(n, pupil_col), stroke=True))
 
@@ -347,11 +348,11 @@ def _build_scene(attrs: Tensor, character: str, size: int) -> _Scene:
     if character == "clown":
         lips = _arc(u, v, mouth_v + 0.04, 0.46, bend * 1.3, 0.17)
         add(_Layer("mouth", px(lips), _rgb(n, (0.86, 0.10, 0.14))))
-        inner = _arc(u, v, mouth_v + 0.04, 0.34, bend * 1.3, 0.045)
+        inner = _arc(u, v, mouth_v + 0.04, 0.34, bend * 1.3, 0.06)
         add(_Layer("mouth_line", px(inner), _rgb(n, (0.35, 0.03, 0.05)), stroke=True))
         add(_Layer("red_nose", px(_circle(u, v, 0.0, 0.22, 0.17)), _rgb(n, (0.92, 0.10, 0.10))))
     elif character == "zombie":
-        mouth = _arc(u, v, mouth_v, 0.34, bend, 0.10, zigzag=0.12)
+        mouth = _arc(u, v, mouth_v, 0.34, bend, 0.12, zigzag=0.12)
         add(_Layer("mouth", px(mouth), _rgb(n, (0.22, 0.05, 0.06)), stroke=True))
     elif character == "werewolf":
         mouth_v_w = mouth_v + 0.08
@@ -359,16 +360,16 @@ def _build_scene(attrs: Tensor, character: str, size: int) -> _Scene:
             _polygon(au, v, [(0.06, mouth_v_w - 0.02), (0.24, mouth_v_w - 0.02), (0.15, mouth_v_w + 0.26)]),
             _polygon(au, v, [(0.06, mouth_v_w + 0.02), (0.24, mouth_v_w + 0.02), (0.15, mouth_v_w - 0.26)]),
         )
-        mouth = _arc(u, v, mouth_v_w, 0.30, bend, 0.08)
+        mouth = _arc(u, v, mouth_v_w, 0.30, bend, 0.10)
         add(_Layer("mouth", px(mouth), _rgb(n, (0.25, 0.06, 0.06)), stroke=True))
         add(_Layer("fangs", px(fangs), _rgb(n, (0.98, 0.98, 0.95))))
     else:
-        mouth = _arc(u, v, mouth_v, 0.30, bend, 0.095)
+        mouth = _arc(u, v, mouth_v, 0.30, bend, 0.12)
         add(_Layer("mouth", px(mouth), _rgb(n, (0.70, 0.22, 0.24)), stroke=True))
 
     if character == "zombie":  # stitched scar across forehead and cheek
-        scar = torch.minimum(_capsule(u, v, -0.58, -0.62, 0.10, -0.30, 0.055),
-                             _capsule(u, v, 0.28, 0.18, 0.62, 0.48, 0.055))
+        scar = torch.minimum(_capsule(u, v, -0.58, -0.62, 0.10, -0.30, 0.09),
+                             _capsule(u, v, 0.28, 0.18, 0.62, 0.48, 0.09))
         add(_Layer("scar", px(scar), _rgb(n, (0.45, 0.12, 0.12)), stroke=True))
         stitches = []
         for (au_, av_), (bu_, bv_) in (((-0.58, -0.62), (0.10, -0.30)), ((0.28, 0.18), (0.62, 0.48))):
@@ -378,17 +379,21 @@ def _build_scene(attrs: Tensor, character: str, size: int) -> _Scene:
             across = (u - au_) * -tv + (v - av_) * tu
             period = length / 3.0
             phase = (along / period - torch.floor(along / period) - 0.5).abs() * period
-            stitch = torch.maximum(torch.maximum(phase - 0.045, across.abs() - 0.17),
+            stitch = torch.maximum(torch.maximum(phase - 0.06, across.abs() - 0.19),
                                    (along - length / 2).abs() - length / 2)
             stitches.append(stitch)
         add(_Layer("stitches", px(torch.minimum(*stitches)), _rgb(n, (0.12, 0.08, 0.08)), stroke=True))
 
     # --- glasses (any character); frame opacity carries the continuous attribute
-    ring_r = eye_r + 0.10
-    rings = (_circle(au, v, eye_u, eye_v, ring_r)).abs() - 0.055
-    bridge = _capsule(au, v, 0.0, eye_v - 0.02, eye_u - ring_r, eye_v, 0.05)
-    temple = _capsule(au, v, eye_u + ring_r, eye_v, head_rx * 0.98, eye_v - 0.06, 0.05)
+    # Frames are 0.2 head units wide: 2.9 to 3.8 px at 64 px over the face_scale range.
+    ring_r = eye_r + 0.13
+    rings = (_circle(au, v, eye_u, eye_v, ring_r)).abs() - 0.10
+    bridge = _capsule(au, v, 0.0, eye_v - 0.02, eye_u - ring_r, eye_v, 0.08)
+    temple = _capsule(au, v, eye_u + ring_r, eye_v, head_rx * 0.98, eye_v - 0.06, 0.08)
     frame = torch.minimum(rings, torch.minimum(bridge, temple))
+    # A pale lens keeps glasses readable even over dark eye sockets or black outlines.
+    lens = _circle(au, v, eye_u, eye_v, ring_r)
+    add(_Layer("lenses", px(lens), _rgb(n, (0.82, 0.92, 1.0)), opacity=glasses * 0.4, glaze=True))
     add(_Layer("glasses", px(frame), _rgb(n, (0.08, 0.08, 0.10)), stroke=True, opacity=glasses))
 
     # --- lighting: pseudo-3D ellipsoid normals of the head, a light in the image plane tilted toward the viewer
@@ -443,6 +448,7 @@ def _flat(scene: _Scene, size: int, pale: float = 0.0, grow_px: float = 0.0, str
     image = scene.background.view(n, 3, 1, 1).expand(n, 3, size, size)
     for layer in scene.layers:
         color = layer.color if not pale else 1.0 - (1.0 - layer.color) * (1.0 - pale)
+        # Only small features are thickened (pixel art), so that no eye or frame falls between block centres.
         grow = grow_px if layer.stroke or layer.name in ("eyes", "fangs", "nose", "gem", "red_nose") else 0.0
         alpha = _coverage(layer, grow, hard)
         if layer.strands is not None:
@@ -479,16 +485,18 @@ def _style_sketch(scene: _Scene, size: int) -> Tensor:
     luminance = (shaded * torch.tensor([0.30, 0.59, 0.11]).view(1, 3, 1, 1)).sum(1, keepdim=True)
     # Paper stays white except where the head casts its shadow; only the drawn figure is hatched by tone.
     fg = _foreground(scene)
-    darkness = fg * ((0.62 - luminance) / 0.5).clamp(0.0, 1.0) + (1.0 - fg) * 0.45 * scene.shadow
+    darkness = fg * ((0.55 - luminance) / 0.5).clamp(0.0, 1.0) + (1.0 - fg) * 0.45 * scene.shadow
     xp = (scene.x.unsqueeze(1) + 1.0) * (size / 2.0) / s
     yp = (scene.y.unsqueeze(1) + 1.0) * (size / 2.0) / s
     hatch_a = (_triangle_wave((xp + yp) / 4.0) - 0.55).clamp(0.0, 0.45) * 2.2
     hatch_b = (_triangle_wave((xp - yp) / 4.0) - 0.55).clamp(0.0, 0.45) * 2.2
-    hatch = torch.maximum(hatch_a * (darkness * 2.0).clamp(0.0, 1.0), hatch_b * (darkness * 2.0 - 1.0).clamp(0.0, 1.0))
+    hatch = torch.maximum(hatch_a * (darkness * 1.6).clamp(0.0, 1.0), hatch_b * (darkness * 2.0 - 1.3).clamp(0.0, 1.0))
     # Lines are drawn in painter's order so that nearer shapes hide the pencil lines behind them; hatching follows
     # the visible tone, so it needs no such care.
     lines = torch.zeros(n, 1, size, size)
     for layer in scene.layers:
+        if layer.glaze:
+            continue
         cover = _coverage(layer)
         if layer.stroke:
             ink = cover * 0.9
@@ -546,7 +554,9 @@ def _style_comic(scene: _Scene, size: int) -> Tensor:
     fg = None
     for layer in scene.layers:
         cover = _coverage(layer)
-        if layer.stroke:
+        if layer.glaze:
+            image = _over(image, layer.color, cover)
+        elif layer.stroke:
             image = _over(image, _rgb(n, (0.04, 0.03, 0.03)), cover)
         else:
             color = (layer.color - layer.color.mean(1, keepdim=True)) * 1.3 + layer.color.mean(1, keepdim=True)
@@ -594,6 +604,8 @@ def _style_neon(scene: _Scene, size: int) -> Tensor:
     n = scene.background.shape[0]
     glow_lines = torch.zeros(n, 3, size, size)
     for layer in scene.layers:
+        if layer.glaze:
+            continue
         cover = _coverage(layer)
         tint = _neon_tint(layer.color)
         line = cover if layer.stroke else _band(layer, 0.75 * s)
@@ -618,7 +630,7 @@ _STYLE_FUNCTIONS = {
 # ------------------------------------------------------------------------------------------------------------ public API
 
 
-def _per_sample(names: str | Sequence[str], n: int, check, what: str) -> list[str]:
+def _per_sample(names: str | Sequence[str], n: int, check: Callable[[str], str], what: str) -> list[str]:
     if isinstance(names, str):
         return [check(names)] * n
     names = list(names)
@@ -663,14 +675,12 @@ def showcase_attributes() -> Tensor:
         (0.30, 0.70, 0.75, 0.80, 0.00, 0.25, 0.52, 0.00, 0.40, 0.00, 0.70, 0.15, 0.00),
         (0.70, 0.50, 0.50, 0.20, 1.00, 0.55, 0.90, 1.00, 1.00, 1.00, 0.20, 0.50, 0.70),
     ]
-    attrs = torch.tensor(rows, dtype=torch.float32)
-    assert attrs.shape[1] == NUM_ATTRIBUTES
-    return attrs
+    return torch.tensor(rows, dtype=torch.float32)
 
 
 def render_grid(attrs: Tensor | None = None, *, size: int = 64) -> Tensor:
     """Image grid [3, 30*size, M*size] in [-1, 1]: one row per (style, character) domain, one column per attribute row."""
-    attrs = showcase_attributes() if attrs is None else check_attributes(attrs)
+    attrs = check_attributes(showcase_attributes() if attrs is None else attrs)
     m = attrs.shape[0]
     domains = [(s, c) for s in STYLES for c in CHARACTERS]
     rows = [render(attrs, s, c, size=size) for s, c in domains]
