@@ -1,0 +1,69 @@
+"""Metric maths, statistics over seeds, the scores collector and the figure scripts on a fixture results tree."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from metrics.miniworld import MiniShift, ShiftKindError, edge_correlation, mini_shift, r2_score
+from metrics.stats import bootstrap_ci, probability_of_improvement
+from paper_figures.make_all import make_all
+from results.collect import COLUMNS, collect_rows, write_scores
+
+
+def test_mini_shift_reads_style_and_character_shifts():
+    assert mini_shift("photo", "sketch") == MiniShift("style", "sketch")
+    assert mini_shift("human", "zombie").target_style == "photo"
+    with pytest.raises(ShiftKindError, match="'photo' to one of"):
+        mini_shift("photo", "zombie")
+
+
+def test_r2_and_edge_correlation():
+    rng = np.random.default_rng(0)
+    truth = rng.random((200, 3))
+    assert np.allclose(r2_score(truth, truth), 1.0)
+    assert np.all(r2_score(np.full_like(truth, truth.mean(0)), truth) < 1e-9)
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    assert torch.allclose(edge_correlation(x, x), torch.ones(4), atol=1e-5)
+    assert torch.allclose(edge_correlation(x, 0.5 * x + 0.1), torch.ones(4), atol=1e-5)  # contrast-invariant
+    assert edge_correlation(x, torch.rand(4, 3, 16, 16)).abs().max() < 0.5
+
+
+def test_bootstrap_ci_brackets_the_mean_and_is_seeded():
+    vals = [0.2, 0.4, 0.5, 0.9]
+    mean, lo, hi = bootstrap_ci(vals)
+    assert lo <= mean <= hi and mean == pytest.approx(0.5)
+    assert bootstrap_ci(vals) == (mean, lo, hi)
+    assert bootstrap_ci([0.3]) == (0.3, 0.3, 0.3)
+    assert probability_of_improvement([2, 3], [1, 1]) == 1.0 and probability_of_improvement([1], [1]) == 0.5
+
+
+def _fake_run(root, shift, method, seed, value):
+    run = root / "mini" / shift / method / f"seed{seed}"
+    (run / "samples").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"mode": "faithful"}))
+    (run / "env.json").write_text(json.dumps({"git_sha": "abc123"}))
+    (run / "metrics.jsonl").write_text(json.dumps({"metric": "mini_target_accuracy_n8", "value": value,
+                                                   "n_samples": 8, "protocol": "p"}) + "\n")
+    from PIL import Image
+
+    Image.new("RGB", (40, 20)).save(run / "samples" / "final.png")
+    (run / "DONE").write_text("{}")
+    return run
+
+
+def test_collect_and_figures_from_a_fixture_tree(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, v in enumerate([0.8, 0.9]):
+        _fake_run(runs, "mini--sketch", "nada", seed, v)
+        _fake_run(runs, "mini--sketch", "source", seed, 0.0)
+    unfinished = _fake_run(runs, "mini--zombie", "nada", 0, 0.5)
+    (unfinished / "DONE").unlink()
+    rows = collect_rows(runs)
+    assert len(rows) == 4 and {r["shift"] for r in rows} == {"mini--sketch"}
+    assert rows[0].keys() == set(COLUMNS) and rows[0]["code_version"] == "abc123"
+    csv_path = write_scores(rows, tmp_path / "scores.csv")
+    assert csv_path.read_text().splitlines()[0] == ",".join(COLUMNS)
+    figures = make_all(csv_path, runs, tmp_path / "out")
+    assert {p.name for p in figures} == {"mini_scores.png", "mini_grids.png"}
+    assert all(p.stat().st_size > 1000 for p in figures)
