@@ -650,3 +650,44 @@ __all__ = [
     "mapper_loss", "centralize_gradients", "Lookahead", "Ranger", "make_optimizer",
     "sample_wplus", "load_encoders", "train_mapper", "save_mapper", "load_mapper", "describe",
 ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: train a latent mapper on an (adapted) generator checkpoint toward a description."""
+    import argparse
+    import json as _json
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m replication.mapper",
+                                description="Train a latent mapper (the paper's 'mining' step) on a generator.",
+                                epilog="Example: python -m replication.mapper --generator run/checkpoints/G_tgt.pt "
+                                       "--description 'a photo of a cat' --run-dir runs/mapper --steps 2000")
+    p.add_argument("--generator", required=True, help="checkpoint (ours or rosinality .pt), e.g. a NADA G_tgt.pt")
+    p.add_argument("--description", required=True, help="driving text, used raw")
+    p.add_argument("--clip-models", nargs="+", default=list(MapperConfig.clip_models))
+    p.add_argument("--clip-model-weights", nargs="+", type=float, default=None)
+    p.add_argument("--steps", type=int, default=MapperConfig.steps)
+    p.add_argument("--mode", default="faithful", choices=("faithful", "fixed"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    from replication.checkpoint import CheckpointError, load_generator
+    from replication.clip_models import ClipModelError, PromptError
+    from replication.weights import WeightError
+
+    try:
+        weights = tuple(args.clip_model_weights or [1.0] * len(args.clip_models))
+        cfg = MapperConfig(description=args.description, clip_models=tuple(args.clip_models),
+                           clip_model_weights=weights, steps=args.steps, mode=args.mode)
+        G, _ = load_generator(args.generator, device=args.device)
+        _, stats = train_mapper(G, load_encoders(cfg, args.device), cfg, seed=args.seed, run_dir=args.run_dir)
+    except (MapperError, CheckpointError, ClipModelError, PromptError, WeightError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(_json.dumps({"run_dir": str(args.run_dir), "final_loss": stats["loss"][-1]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

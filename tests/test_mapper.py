@@ -456,3 +456,25 @@ def test_loads_styleclip_layout_checkpoint(tmp_path):
     assert cfg.description == "a cat" and cfg.no_medium and cfg.mode == "faithful"
     wplus = torch.randn(2, 10, STYLE_DIM)
     torch.testing.assert_close(loaded(wplus), mapper(wplus), rtol=0, atol=0)
+
+
+def test_mapper_cli_trains_on_a_checkpoint_and_rejects_bad_input(tmp_path):
+    import subprocess
+    import sys
+
+    from replication.checkpoint import save_checkpoint
+    from replication.networks import Generator, GeneratorConfig
+
+    torch.manual_seed(0)
+    G = Generator(GeneratorConfig(size=16, style_dim=32, n_mlp=2, channels=((4, 16), (8, 16), (16, 16))))
+    ckpt = save_checkpoint(tmp_path / "g.pt", generator_config=G.cfg, g_ema=G.state_dict())
+    clip_tiny = str(Path(__file__).parent / "data" / "clip_tiny.pt")
+    base = [sys.executable, "-m", "replication.mapper", "--generator", str(ckpt), "--clip-models", clip_tiny,
+            "--steps", "2", "--run-dir", str(tmp_path / "run")]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin"}
+    ok = subprocess.run(base + ["--description", "a sketch"], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "run" / "mapper.pt").is_file()
+    bad = subprocess.run(base + ["--description", " "], capture_output=True, text=True, env=env)
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert bad.returncode == 2 and len(errors) == 1 and "description is empty" in errors[0]
