@@ -12,7 +12,7 @@ SHIFTS ?=
 METHODS ?=
 SEEDS ?=
 
-.PHONY: env env-legacy test convert replicate figures collect bench clean-env help
+.PHONY: env env-legacy test convert crosscheck replicate figures collect bench clean-env help
 
 help:
 	@echo "make replicate   train, score and draw every shift of WORLD (mini by default; WORLD=paper needs make convert)"
@@ -22,6 +22,7 @@ help:
 	@echo "make convert     convert every official generator found in the weight cache into our checkpoint format"
 	@echo "make bench       seconds per training step and peak memory -> results/bench/"
 	@echo "make env         build only the trainer environment"
+	@echo "make crosscheck NVIDIA_TF_REPO=...  build a tiny official TF StyleGAN2 with NVIDIA's code, convert it, compare renders"
 	@echo "make env-legacy  build the legacy TensorFlow 1.15 converter environment (Python 3.7) in .venv-legacy"
 
 env: $(VENV)/.stamp
@@ -48,6 +49,11 @@ test: env
 
 convert: env
 	$(PY) -m replication.convert --all
+
+crosscheck: env env-legacy
+	@if [ -z "$(NVIDIA_TF_REPO)" ]; then echo "error: pass NVIDIA_TF_REPO=/path/to/a/clone/of/NVlabs/stylegan2" >&2; exit 2; fi
+	NADA_NVIDIA_TF_REPO=$(abspath $(NVIDIA_TF_REPO)) NADA_CROSSCHECK_OUT=results/convert OMP_NUM_THREADS=1 \
+		$(PY) -m pytest tests/test_legacy_crosscheck.py -rs -m legacy
 
 replicate: env
 	$(PY) -m replication.replicate --world $(WORLD) $(if $(SHIFTS),--shifts $(SHIFTS)) \

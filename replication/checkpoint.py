@@ -6,7 +6,6 @@ import datetime as _dt
 import hashlib
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, Mapping
 
 import torch
 
+from replication.runio import atomic_torch_save
 from replication.networks import (
     Discriminator,
     DiscriminatorConfig,
@@ -248,17 +248,7 @@ def save_checkpoint(path: str | os.PathLike, *, generator_config: GeneratorConfi
     _check_plain(payload["provenance"], "provenance")
     _check_plain(payload.get("extra"), "extra")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(payload, path)
     return path
 
 
