@@ -47,7 +47,9 @@ def score_mini_run(G_src, G_tgt, shift: ShiftConfig, n: int = 500) -> list[dict]
 
     kind = mini_shift(shift.task.source_text, shift.task.target_text)
     z = eval_latents(shift, G_src.style_dim, n)
-    evaluator = load_evaluator()
+    from replication import weights
+
+    evaluator = load_evaluator(weights.resolve("mini-evaluator"))
     truth = score_shift(G_src, G_tgt, evaluator, kind, z, true_attrs=latent_to_attributes(z))
     rows = [dict(metric=f"mini_{k}_n{n}", value=v, n_samples=n, protocol="evaluator-v1 const-noise psi1")
             for k, v in truth.items() if k != "n_samples"]

@@ -1,0 +1,439 @@
+"""Recipe and measurement of the two mini-world CLIPs (OpenAI CLIP architecture, trained on renders of all 30 domains).
+
+Train:    python -m replication.miniworld.train_clip --name clip_a
+Measure:  python -m replication.miniworld.train_clip --measure --name clip_a
+Training is resumable: the run directory holds the last training state (written atomically every few minutes); running
+the same command again continues from it and reaches the same weights as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import shlex
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)  # clip imports the deprecated pkg_resources
+    import clip
+    import clip.model as clip_model
+
+from replication.clip_models import ClipEncoder, load_clip
+from replication.losses import text_direction
+from replication.miniworld.attributes import (
+    ATTRIBUTE_INDEX,
+    CHARACTERS,
+    GLASSES_THRESHOLD,
+    SMILING_THRESHOLD,
+    STYLES,
+    sample_attributes,
+)
+from replication.miniworld.augment import HARD_NEGATIVE_KINDS, augment, hard_negatives
+from replication.miniworld.captions import ARTICLES, STYLE_FORMS
+from replication.miniworld.data import HELDOUT_SEED_BASE, heldout_set, sample_batch, train_batch_seed
+from replication.miniworld.render import render
+from replication.runio import REPO_ROOT, atomic_torch_save, write_json
+
+WEIGHTS_DIR = REPO_ROOT / "replication" / "miniworld" / "weights"
+RESULTS_DIR = REPO_ROOT / "results" / "mini_world"
+RUNS_DIR = REPO_ROOT / "artifacts" / "mini_clip"
+PAIR_SEED = HELDOUT_SEED_BASE + 10_000  # attributes of the paired-direction measurement (held-out range)
+SOURCE_STYLE, SOURCE_CHARACTER = "photo", "human"
+
+
+class ClipTrainingError(ValueError):
+    """A training or measurement request that cannot be carried out (unknown name, missing file, bad setting)."""
+
+
+@dataclass(frozen=True)
+class ClipArchitecture:
+    """Sizes of an OpenAI `clip.model.CLIP`; heads are width // 64 because clip's build_model infers them that way."""
+
+    embed_dim: int
+    vision_layers: int
+    vision_width: int
+    vision_patch_size: int
+    transformer_width: int
+    transformer_layers: int
+    image_resolution: int = 64
+    context_length: int = 32
+    vocab_size: int = 49408
+
+    @property
+    def transformer_heads(self) -> int:
+        return max(1, self.transformer_width // 64)
+
+
+@dataclass(frozen=True)
+class ClipTrainConfig:
+    """Everything that determines a mini CLIP's weights (with the code)."""
+
+    name: str
+    architecture: ClipArchitecture
+    seed: int
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    hard_negative_fraction: float = 0.25
+    template_caption_fraction: float = 0.25
+    augment_strength: float = 1.0
+    checkpoint_every_s: float = 180.0
+
+
+PRESETS: dict[str, ClipTrainConfig] = {
+    "clip_a": ClipTrainConfig(
+        name="clip_a", seed=1, steps=1400,
+        architecture=ClipArchitecture(embed_dim=64, vision_layers=4, vision_width=128, vision_patch_size=8,
+                                      transformer_width=64, transformer_layers=3)),
+    "clip_b": ClipTrainConfig(
+        name="clip_b", seed=2, steps=1200, hard_negative_fraction=0.15,
+        architecture=ClipArchitecture(embed_dim=96, vision_layers=3, vision_width=96, vision_patch_size=8,
+                                      transformer_width=96, transformer_layers=3)),
+}
+
+
+def build_clip(arch: ClipArchitecture, seed: int) -> clip_model.CLIP:
+    """A freshly initialised fp32 CLIP of the given sizes (clip's own initialisation, seeded)."""
+    torch.manual_seed(seed)
+    return clip_model.CLIP(
+        embed_dim=arch.embed_dim, image_resolution=arch.image_resolution, vision_layers=arch.vision_layers,
+        vision_width=arch.vision_width, vision_patch_size=arch.vision_patch_size,
+        context_length=arch.context_length, vocab_size=arch.vocab_size,
+        transformer_width=arch.transformer_width, transformer_heads=arch.transformer_heads,
+        transformer_layers=arch.transformer_layers,
+    ).float()
+
+
+def tokenize(texts: Sequence[str], context_length: int = 32) -> torch.Tensor:
+    """The standard CLIP BPE tokens [N, context_length]; raises if a caption does not fit (captions are < 30)."""
+    return clip.tokenize(list(texts), context_length=context_length)
+
+
+def soft_contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+                          texts: Sequence[str]) -> torch.Tensor:
+    """Symmetric InfoNCE whose targets spread evenly over every row with the same caption (identical captions in a
+    batch are positives, so a hard one-hot target would push apart images that the text cannot tell apart)."""
+    image_features = F.normalize(image_features, dim=-1)
+    text_features = F.normalize(text_features, dim=-1)
+    logits = logit_scale.exp() * image_features @ text_features.t()
+    ids = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+    caption_id = torch.tensor([ids[t] for t in texts])
+    same = (caption_id[:, None] == caption_id[None, :]).float()
+    targets = same / same.sum(dim=1, keepdim=True)
+    loss_images = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    loss_texts = -(targets * F.log_softmax(logits.t(), dim=1)).sum(dim=1).mean()
+    return 0.5 * (loss_images + loss_texts)
+
+
+def lr_at(step: int, config: ClipTrainConfig) -> float:
+    """Linear warm-up, then cosine decay from lr to min_lr over the remaining steps."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model: torch.nn.Module, config: ClipTrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (gains, biases, embeddings of positions and logit scale are free)."""
+    decay, free = [], []
+    for name, param in model.named_parameters():
+        (decay if param.ndim >= 2 and "positional_embedding" not in name else free).append(param)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": free, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def training_batch(config: ClipTrainConfig, step: int) -> dict[str, Any]:
+    """Batch `step` of a run: renders, hard negatives, captions and augmentation, all from the step's own seed."""
+    rng = torch.Generator().manual_seed(train_batch_seed(config.seed, step))
+    batch = sample_batch(config.batch_size, rng, hard_negative_fraction=config.hard_negative_fraction,
+                         template_caption_fraction=config.template_caption_fraction)
+    batch["images"] = augment(batch["images"], rng, strength=config.augment_strength)
+    return batch
+
+
+def train_step(model: clip_model.CLIP, optimizer: torch.optim.Optimizer, batch: dict[str, Any],
+               lr: float) -> float:
+    """One contrastive update on a batch; returns the loss before the update."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    model.train()
+    image_features = model.encode_image(batch["images"])
+    text_features = model.encode_text(tokenize(batch["captions"], model.context_length))
+    loss = soft_contrastive_loss(image_features, text_features, model.logit_scale, batch["captions"])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0.0, math.log(100.0))  # CLIP's cap on the temperature
+    return float(loss.detach())
+
+
+def export_state_dict(model: clip_model.CLIP, path: Path) -> None:
+    """Write a plain fp16 state dict that clip.model.build_model / clip.load(path, jit=False) / load_clip read."""
+    state = {k: v.detach().to(torch.float16).contiguous().clone() for k, v in model.state_dict().items()}
+    atomic_torch_save(state, path)
+
+
+def train(config: ClipTrainConfig, run_dir: Path, out_path: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) a mini CLIP; writes run_dir/state.pt periodically and the fp16 weights to out_path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / "state.pt"
+    model = build_clip(config.architecture, config.seed)
+    optimizer = make_optimizer(model, config)
+    start, losses = 0, []
+    if state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state["config"] != json.loads(json.dumps(asdict(config))):
+            raise ClipTrainingError(f"{state_path} was written with a different config; use a new --run-dir or "
+                                    "delete the old one")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, losses = int(state["step"]), list(state["losses"])
+
+    def save_state(step: int) -> None:
+        atomic_torch_save({"config": json.loads(json.dumps(asdict(config))), "model": model.state_dict(),
+                           "optimizer": optimizer.state_dict(), "step": step, "losses": losses}, state_path)
+
+    last_save = time.monotonic()
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=config.name, disable=not progress)
+    for step in bar:
+        loss = train_step(model, optimizer, training_batch(config, step), lr_at(step, config))
+        losses.append(loss)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+        if time.monotonic() - last_save > config.checkpoint_every_s:
+            save_state(step + 1)
+            last_save = time.monotonic()
+    save_state(config.steps)
+    export_state_dict(model, out_path)
+    return {"steps": config.steps, "final_loss_mean_last_50": sum(losses[-50:]) / max(1, len(losses[-50:]))}
+
+
+# ------------------------------------------------------------------------------------------------------ measurement
+def _subject(character: str, adjective: str = "", clause: str = "") -> str:
+    article = "a" if adjective else ARTICLES[character]
+    words = " ".join(w for w in (article, adjective, character) if w)
+    return f"{words} with {clause}" if clause else words
+
+
+def _prompt_features(encoder: ClipEncoder, style: str, character: str, adjective: str = "",
+                     clause: str = "") -> torch.Tensor:
+    """Unit text feature [D] averaged over the caption forms of `style` for one subject."""
+    prompts = [form.format(_subject(character, adjective, clause)) for form in STYLE_FORMS[style]]
+    return F.normalize(encoder.text_features(prompts).mean(dim=0), dim=-1)
+
+
+def _image_features(encoder: ClipEncoder, images: torch.Tensor, chunk: int = 250) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([encoder.image_features(images[i:i + chunk]) for i in range(0, len(images), chunk)])
+
+
+def style_text_features(encoder: ClipEncoder) -> torch.Tensor:
+    """One unit class feature per style [6, D]: caption forms of the style, averaged over all characters."""
+    return torch.stack([F.normalize(torch.stack([_prompt_features(encoder, s, c) for c in CHARACTERS]).mean(0), dim=-1)
+                        for s in STYLES])
+
+
+def character_text_features(encoder: ClipEncoder) -> torch.Tensor:
+    """One unit class feature per character [5, D]: caption forms of every style, averaged."""
+    return torch.stack([F.normalize(torch.stack([_prompt_features(encoder, s, c) for s in STYLES]).mean(0), dim=-1)
+                        for c in CHARACTERS])
+
+
+def zero_shot_scores(encoder: ClipEncoder, data: dict[str, Any]) -> dict[str, float]:
+    """Zero-shot style / character / smiling / glasses accuracy on a labelled set, prompts from the caption forms.
+
+    Style (character) classes average the style's (character's) caption forms over every character (style). Smiling
+    and glasses are yes/no questions asked within the image's true domain: "smiling" must beat both the plain and the
+    "frowning" prompt (likewise "with glasses" against plain and "with no glasses").
+    """
+    feats = _image_features(encoder, data["images"])
+    style_pred = (feats @ style_text_features(encoder).t()).argmax(1)
+    character_pred = (feats @ character_text_features(encoder).t()).argmax(1)
+    smiling_right, glasses_right = [], []
+    smile = data["attrs"][:, ATTRIBUTE_INDEX["smile"]]
+    glasses = data["attrs"][:, ATTRIBUTE_INDEX["glasses"]]
+    for i in range(len(feats)):
+        s, c = STYLES[int(data["style_idx"][i])], CHARACTERS[int(data["character_idx"][i])]
+        # "not smiling" covers both the plain and the "frowning" captions; likewise for glasses
+        smile_options = torch.stack([_prompt_features(encoder, s, c, "smiling"), _prompt_features(encoder, s, c),
+                                     _prompt_features(encoder, s, c, "frowning")])
+        glasses_options = torch.stack([_prompt_features(encoder, s, c, clause="glasses"),
+                                       _prompt_features(encoder, s, c),
+                                       _prompt_features(encoder, s, c, clause="no glasses")])
+        smiling_right.append(bool((smile_options @ feats[i]).argmax() == 0) == bool(smile[i] > SMILING_THRESHOLD))
+        glasses_right.append(bool((glasses_options @ feats[i]).argmax() == 0) == bool(glasses[i] > GLASSES_THRESHOLD))
+    return {
+        "style_accuracy": float((style_pred == data["style_idx"]).float().mean()),
+        "character_accuracy": float((character_pred == data["character_idx"]).float().mean()),
+        "smiling_accuracy": sum(smiling_right) / len(smiling_right),
+        "glasses_accuracy": sum(glasses_right) / len(glasses_right),
+    }
+
+
+def target_domains() -> list[tuple[str, str, str, str, str]]:
+    """(label, text source, text target, style, character) of every non-source style (as human) and character
+    (as photo): the single-domain shifts NADA is asked to make in the mini world."""
+    out = [(s, SOURCE_STYLE, s, s, SOURCE_CHARACTER) for s in STYLES if s != SOURCE_STYLE]
+    out += [(c, SOURCE_CHARACTER, c, SOURCE_STYLE, c) for c in CHARACTERS if c != SOURCE_CHARACTER]
+    return out
+
+
+def direction_scores(encoder: ClipEncoder, n_pairs: int = 200) -> dict[str, Any]:
+    """Alignment of paired image differences (source -> target, same attributes) with NADA's text directions."""
+    attrs = sample_attributes(n_pairs, torch.Generator().manual_seed(PAIR_SEED))
+    source_images = render(attrs, SOURCE_STYLE, SOURCE_CHARACTER)
+    source_feats = _image_features(encoder, source_images)
+    targets = target_domains()
+    with torch.no_grad():
+        directions = torch.cat([text_direction(encoder, src, tgt) for _, src, tgt, _, _ in targets])  # [T, D]
+    per_target: dict[str, dict[str, float]] = {}
+    right = 0
+    for t, (label, _, _, style, character) in enumerate(targets):
+        diff = F.normalize(_image_features(encoder, render(attrs, style, character)) - source_feats, dim=-1)
+        cos = diff @ directions.t()  # [P, T]
+        picked = (cos.argmax(1) == t).float()
+        right += int(picked.sum())
+        per_target[label] = {"mean_cosine": float(cos[:, t].mean()), "picked_fraction": float(picked.mean())}
+    # hard negatives and plain augmentations of the same source renders: they must not look like any target
+    rng = torch.Generator().manual_seed(PAIR_SEED + 1)
+    negatives = hard_negatives(source_images, rng)
+    variants = {kind: negatives.images[negatives.kind == k] for k, kind in enumerate(HARD_NEGATIVE_KINDS)}
+    variants["augment"] = augment(source_images, rng)
+    variant_sources = {kind: source_feats[negatives.kind == k] for k, kind in enumerate(HARD_NEGATIVE_KINDS)}
+    variant_sources["augment"] = source_feats
+    negative_cos: dict[str, dict[str, float]] = {}
+    for kind, images in variants.items():
+        if len(images) == 0:
+            continue
+        diff = F.normalize(_image_features(encoder, images) - variant_sources[kind], dim=-1)
+        means = (diff @ directions.t()).mean(0)
+        negative_cos[kind] = {label: float(means[t]) for t, (label, *_rest) in enumerate(targets)}
+    return {
+        "per_target": per_target,
+        "min_mean_cosine": min(v["mean_cosine"] for v in per_target.values()),
+        "picked_fraction": right / (n_pairs * len(targets)),
+        "negatives_mean_cosine": negative_cos,
+        "negatives_max_mean_cosine": max(max(negative_cos[k].values())
+                                         for k in NEGATIVE_BAR_KINDS if k in negative_cos),
+        "n_pairs": n_pairs,
+    }
+
+
+BARS = {"style_accuracy": 0.95, "character_accuracy": 0.90, "smiling_accuracy": 0.85, "glasses_accuracy": 0.85,
+        "min_mean_cosine": 0.3, "picked_fraction": 0.90}
+NEGATIVE_BAR = 0.1
+# the bar covers colour changes (jitter, strong hue/saturation shifts, tints) and greyscale; blur and posterised blobs
+# are reported beside it but are not colour-only edits, so they carry no bar
+NEGATIVE_BAR_KINDS = ("colour_shift", "greyscale", "tint", "augment")
+
+
+def measure(weights_path: Path, *, n_heldout: int = 2000, n_pairs: int = 200) -> dict[str, Any]:
+    """All measurements of one shipped CLIP file, with each bar and whether it passes."""
+    encoder = load_clip(weights_path)
+    data = heldout_set(n_heldout)
+    scores = zero_shot_scores(encoder, data)
+    directions = direction_scores(encoder, n_pairs)
+    merged = {**scores, **{k: directions[k] for k in ("min_mean_cosine", "picked_fraction")}}
+    bars = {k: {"value": merged[k], "bar": f">= {v}", "pass": merged[k] >= v} for k, v in BARS.items()}
+    bars["negatives_max_mean_cosine"] = {"value": directions["negatives_max_mean_cosine"],
+                                         "bar": f"<= {NEGATIVE_BAR} (kinds: {', '.join(NEGATIVE_BAR_KINDS)})",
+                                         "pass": directions["negatives_max_mean_cosine"] <= NEGATIVE_BAR}
+    protocol = {
+        "heldout": f"data.heldout_set({n_heldout}): seeds >= 2**40, never used in training",
+        "zero_shot": zero_shot_scores.__doc__.split("\n\n", 1)[1].strip(),
+        "directions": "unit(E(target render) - E(photo+human render)) for the same attributes vs "
+                      "losses.text_direction(encoder, 'photo'|'human', target) over the 79 ImageNet templates",
+        "negatives": "hard_negatives()/augment() of the same photo+human renders, unit difference vs every direction",
+    }
+    return {"zero_shot": scores, "directions": directions, "bars": bars, "n_heldout": n_heldout, "protocol": protocol,
+            "all_pass": all(b["pass"] for b in bars.values())}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True, help=f"preset: {', '.join(PRESETS)}")
+    parser.add_argument("--measure", action="store_true", help="measure the shipped weights instead of training")
+    parser.add_argument("--out", type=Path, help="weights file (default replication/miniworld/weights/<name>.pt)")
+    parser.add_argument("--run-dir", type=Path, help="training state folder (default artifacts/mini_clip/<name>)")
+    parser.add_argument("--results", type=Path, help="measurement JSON (default results/mini_world/<name>.json)")
+    parser.add_argument("--steps", type=int, help="override the preset's number of steps (smoke runs)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--n-heldout", type=int, default=2000)
+    parser.add_argument("--n-pairs", type=int, default=200)
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.name not in PRESETS:
+            raise ClipTrainingError(f"unknown CLIP preset {args.name!r}; choose one of {', '.join(PRESETS)}")
+        if args.threads < 1 or (args.steps is not None and args.steps < 1):
+            raise ClipTrainingError("--threads and --steps must be positive integers")
+        torch.set_num_threads(args.threads)
+        config = PRESETS[args.name]
+        if args.steps is not None:
+            config = replace(config, steps=args.steps)
+        out_path = args.out or WEIGHTS_DIR / f"{args.name}.pt"
+        command = "python -m replication.miniworld.train_clip " + " ".join(
+            shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+        if args.measure:
+            if not Path(out_path).is_file():
+                raise ClipTrainingError(f"no weights at {out_path}; train them first with "
+                                        f"python -m replication.miniworld.train_clip --name {args.name}")
+            started = time.time()
+            report = measure(Path(out_path), n_heldout=args.n_heldout, n_pairs=args.n_pairs)
+            train_summary = (args.run_dir or RUNS_DIR / args.name) / "summary.json"
+            shown_path = Path(out_path).resolve()
+            if shown_path.is_relative_to(REPO_ROOT):
+                shown_path = shown_path.relative_to(REPO_ROOT)  # results are committed: no machine-specific paths
+            report.update({"name": args.name, "command": command, "weights": str(shown_path),
+                           "train_command": f"python -m replication.miniworld.train_clip --name {args.name}",
+                           "train_summary": json.loads(train_summary.read_text()) if train_summary.is_file() else None,
+                           "weights_sha256": file_sha256(Path(out_path)), "file_bytes": Path(out_path).stat().st_size,
+                           "train_config": asdict(config), "measure_seconds": round(time.time() - started, 1)})
+            results_path = args.results or RESULTS_DIR / f"{args.name}.json"
+            write_json(results_path, report)
+            print(json.dumps(report["bars"], indent=1))
+            return 0
+        started = time.time()
+        run_dir = args.run_dir or RUNS_DIR / args.name
+        summary = train(config, run_dir, Path(out_path), progress=not args.no_progress)
+        summary = {**summary, "command": command, "seconds_this_invocation": round(time.time() - started, 1),
+                   "threads": args.threads, "weights": str(out_path)}
+        write_json(Path(run_dir) / "summary.json", summary)
+        print(json.dumps(summary))
+        return 0
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

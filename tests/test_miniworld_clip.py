@@ -1,0 +1,247 @@
+"""Tests of the mini-world augmentation, data batches, the mini-CLIP recipe and the shipped mini CLIPs."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from replication.clip_models import load_clip
+from replication.miniworld.attributes import CHARACTERS, STYLES, sample_attributes
+from replication.miniworld.augment import (
+    HARD_NEGATIVE_KINDS,
+    AugmentInputError,
+    augment,
+    hard_negatives,
+)
+from replication.miniworld.data import (
+    HELDOUT_SEED_BASE,
+    MAX_RUN_SEED,
+    TRAIN_SEED_STRIDE,
+    BatchSpecError,
+    heldout_set,
+    sample_batch,
+    train_batch_seed,
+)
+from replication.miniworld.render import render
+from replication.miniworld import train_clip
+from replication.miniworld.train_clip import (
+    PRESETS,
+    ClipArchitecture,
+    ClipTrainConfig,
+    build_clip,
+    export_state_dict,
+    make_optimizer,
+    soft_contrastive_loss,
+    style_text_features,
+    tokenize,
+    train,
+    train_step,
+)
+
+torch.set_num_threads(1)
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "replication" / "miniworld" / "weights"
+TINY = ClipArchitecture(embed_dim=16, vision_layers=1, vision_width=64, vision_patch_size=16,
+                        transformer_width=64, transformer_layers=1)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def photos() -> torch.Tensor:
+    return render(sample_attributes(10, _gen(0)), "photo", "human")
+
+
+# ------------------------------------------------------------------------------------------------------ augment
+def test_augment_keeps_shape_range_and_is_reproducible(photos):
+    first = augment(photos, _gen(5))
+    again = augment(photos, _gen(5))
+    other = augment(photos, _gen(6))
+    assert first.shape == photos.shape and first.dtype == photos.dtype
+    assert first.min() >= -1.0 and first.max() <= 1.0
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert (first - photos).abs().mean() > 1e-3  # it does change the images
+
+
+def test_augment_strength_zero_is_identity_and_mild_at_one(photos):
+    assert torch.allclose(augment(photos, _gen(1), strength=0.0), photos, atol=1e-5)
+    # domain-preserving: at full strength colours move only a little on average (a photo keeps its colours)
+    assert (augment(photos, _gen(1)) - photos).abs().mean() < 0.25
+
+
+def test_augment_rejects_bad_input():
+    with pytest.raises(AugmentInputError, match=r"\[N, 3, H, W\]"):
+        augment(torch.zeros(3, 64, 64), _gen(0))
+    with pytest.raises(AugmentInputError, match="strength"):
+        augment(torch.zeros(1, 3, 8, 8), _gen(0), strength=-1.0)
+
+
+def test_hard_negatives_are_labelled_source_and_change_colour(photos):
+    batch = hard_negatives(photos, _gen(3))
+    assert batch.images.shape == photos.shape
+    assert batch.images.min() >= -1.0 and batch.images.max() <= 1.0
+    assert (batch.style_idx == STYLES.index("photo")).all()
+    assert (batch.character_idx == CHARACTERS.index("human")).all()
+    assert batch.kind.min() >= 0 and batch.kind.max() < len(HARD_NEGATIVE_KINDS)
+    assert torch.equal(batch.images, hard_negatives(photos, _gen(3)).images)
+    per_image_change = (batch.images - photos).abs().mean(dim=(1, 2, 3))
+    assert (per_image_change > 0.02).all()  # each one is a strong change, unlike augment
+
+
+def test_hard_negatives_cover_every_kind():
+    kinds = hard_negatives(torch.zeros(200, 3, 8, 8), _gen(0)).kind
+    assert set(kinds.tolist()) == set(range(len(HARD_NEGATIVE_KINDS)))
+
+
+# --------------------------------------------------------------------------------------------------------- data
+def test_sample_batch_is_deterministic_and_labelled():
+    first = sample_batch(12, _gen(7), hard_negative_fraction=0.25, template_caption_fraction=0.5)
+    again = sample_batch(12, _gen(7), hard_negative_fraction=0.25, template_caption_fraction=0.5)
+    assert torch.equal(first["images"], again["images"]) and first["captions"] == again["captions"]
+    assert first["images"].shape == (12, 3, 64, 64) and first["attrs"].shape == (12, 13)
+    assert len(first["captions"]) == 12 and all(isinstance(c, str) and c for c in first["captions"])
+    hard = first["is_hard_negative"]
+    assert int(hard.sum()) == 3
+    assert (first["style_idx"][hard] == STYLES.index("photo")).all()
+    assert (first["character_idx"][hard] == CHARACTERS.index("human")).all()
+    assert tokenize(first["captions"]).shape == (12, 32)  # every caption fits CLIP's 32-token context
+
+
+def test_sample_batch_respects_domains_and_labels_match_captions():
+    batch = sample_batch(8, _gen(1), domains=[("sketch", "zombie")])
+    assert (batch["style_idx"] == STYLES.index("sketch")).all()
+    assert (batch["character_idx"] == CHARACTERS.index("zombie")).all()
+    assert all("sketch" in c and "zombie" in c for c in batch["captions"])
+    with pytest.raises(ValueError, match="unknown style"):
+        sample_batch(2, _gen(1), domains=[("oil", "human")])
+    with pytest.raises(BatchSpecError, match="hard_negative_fraction"):
+        sample_batch(2, _gen(1), hard_negative_fraction=1.5)
+
+
+def test_heldout_seeds_never_meet_training_seeds():
+    assert train_batch_seed(MAX_RUN_SEED - 1, TRAIN_SEED_STRIDE - 1) < HELDOUT_SEED_BASE
+    assert train_batch_seed(1, 5) != train_batch_seed(2, 5)
+    with pytest.raises(BatchSpecError):
+        train_batch_seed(0, TRAIN_SEED_STRIDE)  # would spill into the next run's seeds
+    with pytest.raises(BatchSpecError, match="held-out"):
+        heldout_set(4, seed=123)
+    held = heldout_set(6, chunk=4)
+    assert torch.equal(held["attrs"], heldout_set(6, chunk=4)["attrs"])
+    assert held["images"].shape[0] == 6 and len(held["captions"]) == 6
+    train_attrs = sample_batch(6, _gen(train_batch_seed(PRESETS["clip_a"].seed, 0)))["attrs"]
+    assert not torch.equal(held["attrs"], train_attrs)
+
+
+# ------------------------------------------------------------------------------------------------------ training
+def test_soft_targets_treat_identical_captions_as_positives():
+    feats = torch.nn.functional.normalize(torch.randn(4, 8, generator=_gen(0)), dim=-1)
+    scale = torch.tensor(2.0)
+    texts = ["a", "a", "b", "c"]
+    base = soft_contrastive_loss(feats, feats, scale, texts)
+    # swapping the text features of two rows with the same caption changes nothing; with distinct captions it does
+    swapped_same = soft_contrastive_loss(feats, feats[[1, 0, 2, 3]], scale, texts)
+    swapped_diff = soft_contrastive_loss(feats, feats[[0, 1, 3, 2]], scale, texts)
+    assert torch.allclose(base, swapped_same, atol=1e-6)
+    assert swapped_diff > base
+
+
+def test_three_steps_lower_the_loss_on_a_fixed_batch():
+    config = ClipTrainConfig(name="tiny", architecture=TINY, seed=0, steps=3, batch_size=8, lr=2e-3, warmup_steps=1)
+    model = build_clip(TINY, 0)
+    optimizer = make_optimizer(model, config)
+    batch = sample_batch(8, _gen(11), domains=[("photo", "human"), ("sketch", "zombie"), ("neon", "clown")])
+
+    def loss_now() -> float:
+        with torch.no_grad():
+            model.eval()
+            img = model.encode_image(batch["images"])
+            txt = model.encode_text(tokenize(batch["captions"]))
+            return float(soft_contrastive_loss(img, txt, model.logit_scale, batch["captions"]))
+
+    before = loss_now()
+    for _ in range(3):
+        train_step(model, optimizer, batch, lr=2e-3)
+    assert loss_now() < before - 0.01
+
+
+def test_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    config = ClipTrainConfig(name="tiny", architecture=TINY, seed=3, steps=3, batch_size=4, warmup_steps=1,
+                             checkpoint_every_s=0.0)
+    train(config, tmp_path / "straight", tmp_path / "straight.pt", progress=False)
+
+    real_step = train_clip.train_step
+    calls = {"n": 0}
+
+    def crash_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # a kill after two steps were checkpointed
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_clip, "train_step", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "resumed", tmp_path / "resumed.pt", progress=False)
+    assert not (tmp_path / "resumed.pt").exists()
+    monkeypatch.setattr(train_clip, "train_step", real_step)
+    train(config, tmp_path / "resumed", tmp_path / "resumed.pt", progress=False)
+    straight = torch.load(tmp_path / "straight.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+    with pytest.raises(ValueError, match="different config"):
+        train(replace(config, lr=1e-2), tmp_path / "resumed", tmp_path / "x.pt", progress=False)
+
+
+def test_exported_weights_load_through_load_clip_and_clip_load(tmp_path):
+    model = build_clip(TINY, 4).eval()
+    path = tmp_path / "tiny.pt"
+    export_state_dict(model, path)
+    assert all(v.dtype == torch.float16 for v in torch.load(path, weights_only=True).values())
+    encoder = load_clip(path)
+    images = render(sample_attributes(2, _gen(0)), "photo", "human")
+    with torch.no_grad():
+        reference = torch.nn.functional.normalize(model.encode_image(encoder.preprocess(images)), dim=-1)
+    assert torch.allclose(encoder.image_features(images), reference, atol=1e-2)
+    assert encoder.embed_dim == TINY.embed_dim and encoder.input_resolution == 64
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import clip
+    loaded, _ = clip.load(str(path), device="cpu", jit=False)
+    assert loaded.visual.conv1.weight.shape == model.visual.conv1.weight.shape
+
+
+def test_cli_reports_bad_requests_in_one_line(capsys, tmp_path):
+    assert train_clip.main(["--name", "clip_z"]) == 2
+    assert "error: unknown CLIP preset 'clip_z'" in capsys.readouterr().err
+    assert train_clip.main(["--name", "clip_a", "--measure", "--out", str(tmp_path / "none.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no weights at") and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------------- shipped CLIPs
+@pytest.mark.parametrize("name", ["clip_a", "clip_b"])
+def test_shipped_clip_loads_and_reads_styles(name):
+    path = WEIGHTS_DIR / f"{name}.pt"
+    if not path.is_file():
+        pytest.skip(f"{path} not trained yet (python -m replication.miniworld.train_clip --name {name})")
+    arch = PRESETS[name].architecture
+    encoder = load_clip(path)
+    visual = encoder.model.visual
+    assert encoder.embed_dim == arch.embed_dim
+    assert visual.conv1.weight.shape == (arch.vision_width, 3, arch.vision_patch_size, arch.vision_patch_size)
+    assert len(visual.transformer.resblocks) == arch.vision_layers
+    assert len(encoder.model.transformer.resblocks) == arch.transformer_layers
+    assert encoder.model.token_embedding.weight.shape == (arch.vocab_size, arch.transformer_width)
+    assert encoder.context_length == arch.context_length and encoder.input_resolution == arch.image_resolution
+    attrs = sample_attributes(2, _gen(HELDOUT_SEED_BASE + 77)).repeat(len(STYLES), 1)
+    styles = [s for s in STYLES for _ in range(2)]
+    with torch.no_grad():
+        image_features = encoder.image_features(render(attrs, styles, "human"))
+        predicted = (image_features @ style_text_features(encoder).t()).argmax(1)
+    assert [STYLES[i] for i in predicted.tolist()] == styles

@@ -1,0 +1,179 @@
+"""Tests of the mini generator recipe: the latent->attribute map, distillation training, resume, and shipped weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+from scipy.stats import ks_2samp
+
+from replication.checkpoint import load_generator
+from replication.miniworld.attributes import ATTRIBUTE_INDEX, ATTRIBUTE_NAMES, NUM_ATTRIBUTES, sample_attributes
+from replication.miniworld import train_generator as tg
+
+torch.set_num_threads(1)
+
+TINY_CHANNELS = ((4, 16), (8, 16), (16, 8), (32, 8), (64, 8))
+# Measured on the shipped generator: mean |G(z) - render| over the 8 test latents is 0.073; an untrained one gives 0.83
+# and one that only learned the mean face about 0.30, so 0.10 leaves margin for platforms while catching a wrong map.
+SHIPPED_MAX_MEAN_ABS_ERROR = 0.10
+
+
+def _tiny_config(**overrides) -> tg.TrainGeneratorConfig:
+    values = dict(steps=4, batch=2, style_dim=16, n_mlp=1, channels=TINY_CHANNELS, checkpoint_every=2, seed=3)
+    values.update(overrides)
+    return tg.TrainGeneratorConfig(**values)
+
+
+@pytest.mark.parametrize("style_dim", [64, 32])
+def test_latent_to_attributes_matches_sampler_marginals(style_dim):
+    z = tg.draw_latents(10_000, style_dim, seed=11)
+    attrs = tg.latent_to_attributes(z)
+    assert torch.equal(attrs, tg.latent_to_attributes(z.clone()))  # deterministic
+    assert attrs.shape == (10_000, NUM_ATTRIBUTES) and attrs.min() >= 0 and attrs.max() <= 1
+    reference = sample_attributes(10_000, torch.Generator().manual_seed(5))
+    for i, name in enumerate(ATTRIBUTE_NAMES):
+        # Two-sample KS statistic; 0.03 is above the alpha = 0.001 critical value (0.0276) for 10k vs 10k.
+        stat = ks_2samp(attrs[:, i].numpy(), reference[:, i].numpy()).statistic
+        assert stat < 0.03, f"{name}: KS statistic {stat:.4f}"
+    glasses = attrs[:, ATTRIBUTE_INDEX["glasses"]]
+    assert abs(float((glasses > 0.5).float().mean()) - 0.4) < 0.02
+    assert not ((glasses >= 0.4) & (glasses < 0.6)).any()  # the sampler's gap between wearers and non-wearers
+
+
+def test_latent_to_attributes_ignores_latent_norm_and_unused_dims():
+    z = tg.draw_latents(64, 64, seed=1)
+    # PixelNorm removes |z| before the generator sees it, so the attributes must not depend on it either.
+    assert torch.allclose(tg.latent_to_attributes(z), tg.latent_to_attributes(3.0 * z), atol=1e-6)
+    moved = z.clone()
+    moved[:, NUM_ATTRIBUTES:] = torch.roll(moved[:, NUM_ATTRIBUTES:], 1, dims=1)  # same norm, other unused dims
+    assert torch.allclose(tg.latent_to_attributes(z), tg.latent_to_attributes(moved), atol=1e-6)
+    changed = z.clone()
+    changed[:, ATTRIBUTE_INDEX["smile"]] += 1.0
+    delta = tg.latent_to_attributes(changed) - tg.latent_to_attributes(z)
+    assert (delta[:, ATTRIBUTE_INDEX["smile"]] > 0).all()
+
+
+def test_latent_to_attributes_rejects_bad_shape():
+    with pytest.raises(tg.GeneratorRecipeError, match="shape"):
+        tg.latent_to_attributes(torch.randn(4, NUM_ATTRIBUTES))
+    with pytest.raises(ValueError):
+        tg.latent_to_attributes(torch.randn(NUM_ATTRIBUTES + 5))
+
+
+def test_distillation_loss_is_zero_only_for_identical_images():
+    real = tg.target_images(tg.draw_latents(2, 16, seed=0))
+    weights = tg.LossWeights()
+    zero, terms = tg.distillation_loss(real, real, weights, None)
+    assert float(zero) == 0.0 and set(terms) == {"pixel", "multiscale", "gradient"}
+    blurred = torch.nn.functional.avg_pool2d(real, 3, stride=1, padding=1)
+    loss, terms = tg.distillation_loss(blurred, real, weights, None)
+    assert float(loss) > 0 and terms["gradient"] > 0
+
+
+def test_three_training_steps_lower_the_loss_on_a_fixed_batch():
+    cfg = _tiny_config()
+    G, _ = tg.build_models(cfg)
+    optimizer = torch.optim.Adam(G.parameters(), lr=5e-3, betas=(0.0, 0.99))
+    perceptual = tg.make_perceptual_net(0)
+    z = tg.draw_latents(4, cfg.style_dim, seed=9)
+    real = tg.target_images(z)
+    losses = [tg.train_step(G, optimizer, z, real, cfg.loss, perceptual)["total"] for _ in range(4)]
+    assert losses[3] < losses[0], losses
+
+
+def test_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    cfg = _tiny_config()
+    straight = tg.train_generator(cfg, tmp_path / "a", tmp_path / "a.pt", progress=False)
+
+    calls = {"n": 0}
+    real_step = tg.train_step
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 3:  # killed after step 3; the last checkpoint holds step 2
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(tg, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tg.train_generator(cfg, tmp_path / "b", tmp_path / "b.pt", progress=False)
+    assert not (tmp_path / "b.pt").exists()
+    monkeypatch.setattr(tg, "train_step", real_step)
+    resumed = tg.train_generator(cfg, tmp_path / "b", tmp_path / "b.pt", progress=False)
+
+    G_a, ckpt_a = load_generator(straight)
+    G_b, _ = load_generator(resumed)
+    for (name, a), b in zip(G_a.state_dict().items(), G_b.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert ckpt_a.extra["latent_mapping"]["name"] == tg.LATENT_MAPPING_NAME
+    assert ckpt_a.latent_avg is not None and ckpt_a.latent_avg.shape == (cfg.style_dim,)
+
+    with pytest.raises(tg.GeneratorRecipeError, match="different config"):
+        tg.train_generator(_tiny_config(seed=4), tmp_path / "b", tmp_path / "c.pt", progress=False)
+
+
+def test_cli_reports_missing_weights_with_exit_code_2(tmp_path, capsys):
+    code = tg.main(["measure", "--weights", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "r.json"),
+                    "--grid", str(tmp_path / "g.png"), "--n-samples", "16"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "missing.pt" in err
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.skipif(not tg.DEFAULT_WEIGHTS.exists(),
+                    reason="shipped generator not trained yet: python -m replication.miniworld.train_generator train")
+def test_shipped_generator_draws_the_renders_of_its_latents():
+    G, ckpt = load_generator(tg.DEFAULT_WEIGHTS)
+    assert ckpt.extra["latent_mapping"]["name"] == tg.LATENT_MAPPING_NAME
+    assert ckpt.latent_avg is not None
+    assert tg.DEFAULT_WEIGHTS.stat().st_size <= 8 * 1024 * 1024
+    z = tg.draw_latents(8, G.style_dim, seed=77)
+    fake = tg.sample_generator(G, z)
+    real = tg.target_images(z)
+    error = float((fake - real).abs().mean())
+    assert error < SHIPPED_MAX_MEAN_ABS_ERROR, error
+    # Every noise mode draws the same image: the recipe trains without noise, so NADA's frozen copy matches.
+    with torch.no_grad():
+        random_noise, _ = G(z, noise_mode="random")
+    assert torch.allclose(random_noise, fake, atol=1e-5)
+
+
+def test_attribute_r2_wraps_circular_attributes():
+    true = sample_attributes(500, torch.Generator().manual_seed(0))
+    r2 = tg.attribute_r2(true.clone(), true)
+    assert all(abs(v - 1.0) < 1e-9 for v in r2)
+    shifted = true.clone()
+    light = ATTRIBUTE_INDEX["light_direction"]
+    shifted[:, light] = (shifted[:, light] + 0.999).remainder(1.0)  # 0.001 turn off, across the wrap for some rows
+    assert tg.attribute_r2(shifted, true)[light] > 0.99
+    assert tg.attribute_r2(true.flip(0), true)[ATTRIBUTE_INDEX["smile"]] < 0.2
+
+
+def test_min_domain_fid_is_read_from_the_evaluator_results_layout():
+    assert tg._find_min_domain_fid({"fid_smallest_inter_domain": {"pair": "a | b", "fid": 12.5}}) == 12.5
+    assert tg._find_min_domain_fid({"nested": {"min_fid": 3.0}}) == 3.0
+    assert tg._find_min_domain_fid({"fid_inter_domain": {"a | b": 1.0}}) is None
+
+
+def test_measure_writes_scores_and_grid_with_an_evaluator(tmp_path):
+    import json
+
+    from replication.miniworld.evaluator import Evaluator, save_evaluator
+
+    weights = tg.train_generator(_tiny_config(steps=1), tmp_path / "run", tmp_path / "g.pt", progress=False)
+    torch.manual_seed(0)
+    save_evaluator(Evaluator(), tmp_path / "ev.pt")
+    (tmp_path / "ev.json").write_text(json.dumps({"fid_smallest_inter_domain": {"pair": "x | y", "fid": 1e6}}))
+    code = tg.main(["measure", "--weights", str(weights), "--out", str(tmp_path / "r.json"), "--grid",
+                    str(tmp_path / "grid.png"), "--n-samples", "16", "--evaluator", str(tmp_path / "ev.pt"),
+                    "--evaluator-results", str(tmp_path / "ev.json")])
+    assert code == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["n_samples"] == 16 and report["min_inter_domain_fid"] == 1e6
+    assert set(report["attribute_r2_generator"]) == set(ATTRIBUTE_NAMES)
+    assert report["bars"]["fid<half_min_domain_fid"] is True  # any FID is below half of 1e6
+    assert 0 <= report["photo_human_rate"] <= 1 and report["paired_l1"] > 0
+    assert report["command"].startswith("python -m replication.miniworld.train_generator measure")
+    from PIL import Image
+
+    assert Image.open(tmp_path / "grid.png").size == (8 * 128, 4 * 128)
