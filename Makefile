@@ -12,11 +12,13 @@ SHIFTS ?=
 METHODS ?=
 SEEDS ?=
 
-.PHONY: env env-legacy test convert crosscheck replicate figures collect bench clean-env help
+.PHONY: env env-legacy test convert crosscheck replicate figures collect bench mini-world mini-measure clean-env help
 
 help:
 	@echo "make replicate   train, score and draw every shift of WORLD (mini by default; WORLD=paper needs make convert)"
 	@echo "                 narrow it with SHIFTS=\"mini--sketch\" METHODS=\"nada source\" SEEDS=\"0\""
+	@echo "make mini-world  retrain the four shipped mini-world models (resumable; about 1-2 h on 2 CPU cores)"
+	@echo "make mini-measure  re-measure the shipped mini-world models -> results/mini_world/"
 	@echo "make figures     redraw paper_figures/out/ from results/ only"
 	@echo "make test        build the trainer environment (.venv) if needed and run the CPU test suite"
 	@echo "make convert     convert every official generator found in the weight cache into our checkpoint format"
@@ -58,6 +60,19 @@ crosscheck: env env-legacy
 replicate: env
 	$(PY) -m replication.replicate --world $(WORLD) $(if $(SHIFTS),--shifts $(SHIFTS)) \
 		$(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS))
+
+mini-world: env
+	$(PY) -m replication.miniworld.train_clip --name clip_a
+	$(PY) -m replication.miniworld.train_clip --name clip_b
+	$(PY) -m replication.miniworld.evaluator train --out replication/miniworld/weights/evaluator.pt
+	$(PY) -m replication.miniworld.train_generator train
+	@echo "new weights: update their sha256 in env/weights.toml (python -m replication.weights verify NAME prints it)"
+
+mini-measure: env
+	$(PY) -m replication.miniworld.train_clip --measure --name clip_a
+	$(PY) -m replication.miniworld.train_clip --measure --name clip_b
+	$(PY) -m replication.miniworld.evaluator measure
+	$(PY) -m replication.miniworld.train_generator measure
 
 collect: env
 	$(PY) -m results.collect
