@@ -104,9 +104,11 @@ def train_step(G_src: Generator, G_tgt: Generator, optimizer: torch.optim.Optimi
         for p in synthesis_params(G_tgt):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-    bad = [n for n, p in G_tgt.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-    if bad:
-        raise TrainingDiverged(f"non-finite gradient in {bad[0]} at step {step}")
+    named_grads = [(n, p.grad) for n, p in G_tgt.named_parameters() if p.grad is not None]
+    # one device sync for all gradients; names are only looked up on failure
+    if named_grads and not bool(torch.stack([torch.isfinite(g).all() for _, g in named_grads]).all()):
+        bad = next(n for n, g in named_grads if not torch.isfinite(g).all())
+        raise TrainingDiverged(f"non-finite gradient in {bad} at step {step}")
     optimizer.step()
     row = {"step": step, "loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}}
     if chosen is not None:

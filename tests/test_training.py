@@ -177,3 +177,19 @@ def test_cli_rejects_bad_prompts(tmp_path, tiny_ckpt, target, fragment):
                          capture_output=True, text=True, cwd=REPO, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin"})
     lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert out.returncode == 2 and len(lines) == 1 and fragment in lines[0], out.stderr
+
+
+def test_non_finite_gradient_stops_before_the_weights_change(tmp_path):
+    calls = {"n": 0}
+
+    def guidance(x_src, x_tgt):
+        calls["n"] += 1
+        if calls["n"] == 3:  # a finite loss whose gradient is NaN
+            x_tgt.register_hook(lambda g: g * float("nan"))
+        return (x_tgt - x_src).pow(2).mean(), {}
+
+    cfg = shift(iterations=10)
+    with pytest.raises(TrainingDiverged, match="non-finite gradient in .* at step 2"):
+        run_nada(tiny_G(), cfg, StepContext(guidance=guidance, select=None, cfg=cfg.nada), 0, tmp_path, progress=False)
+    state = torch.load(tmp_path / "checkpoints" / RESUME_NAME, weights_only=True)
+    assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["G_tgt"].values())
