@@ -713,8 +713,8 @@ def convert_all(out_dir: str | os.PathLike | None = None, *, require_all: bool =
     out_dir = Path(out_dir) if out_dir is not None else converted_dir()
     failed = missing = 0
     for name, entry in sorted(registry().items()):
-        if entry.kind != "generator":
-            continue
+        if entry.kind != "generator" or entry.format == "nada-replication-checkpoint":
+            continue  # shipped in our format already (the mini world's): nothing to convert
         if not entry.path.is_file():
             missing += 1
             warn(f"{'error' if require_all else 'missing'}: {missing_message(entry)}")

@@ -52,7 +52,7 @@ def _entry(**overrides) -> dict:
 
 def test_registry_lists_every_paper_weight():
     reg = weights.registry()
-    generators = {name: e for name, e in reg.items() if e.kind == "generator"}
+    generators = {name: e for name, e in reg.items() if e.kind == "generator" and e.repo_path is None}
     resolutions = {e.filename: e.resolution for e in generators.values()}
     assert resolutions == {"stylegan2-ffhq-config-f.pt": 1024, "stylegan2-ffhq-config-f.pkl": 1024,
                            "afhqcat.pkl": 512, "afhqdog.pkl": 512, "stylegan2-church-config-f.pkl": 256,
