@@ -97,7 +97,7 @@ def run_one(cfg: BenchConfig, device: torch.device, steps: int, warmup: int) -> 
                          "nada": {"batch": cfg.batch, "auto_layer_iters": 1 if cfg.freeze else 0, "auto_layer_k": cfg.k,
                                   "auto_layer_batch": cfg.select_batch, "clip_models": list(cfg.clips),
                                   "clip_model_weights": [1.0] * len(cfg.clips)}}, cfg.name)
-    rng = torch.Generator().manual_seed(0)
+    rng = torch.Generator(device=device).manual_seed(0)
     guidance = build_guidance(shift.task, shift.nada, encoders, G_src, rng)
     ctx = build_context(shift.task, shift.nada, guidance, G_src)
     if not cfg.freeze:

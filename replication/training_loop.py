@@ -44,10 +44,10 @@ def latents_from_seeds(seeds, style_dim: int, device: torch.device) -> torch.Ten
     return torch.cat([torch.randn(1, style_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(device)
 
 
-def draw_noise(G: Generator, batch: int, rng: torch.Generator, device: torch.device) -> list[torch.Tensor]:
-    """Fresh N(0, 1) noise maps shaped like G's registered buffers, one per noise layer."""
+def draw_noise(G: Generator, batch: int, rng: torch.Generator) -> list[torch.Tensor]:
+    """Fresh N(0, 1) noise maps on rng's device, shaped like G's registered buffers, one per noise layer."""
     shapes = [getattr(G.noises, f"noise_{i}").shape[-2:] for i in range(G.num_layers)]
-    return [torch.randn(batch, 1, *hw, generator=rng).to(device) for hw in shapes]
+    return [torch.randn(batch, 1, *hw, generator=rng, device=rng.device) for hw in shapes]
 
 
 def synthesis_params(G: Generator) -> list[torch.nn.Parameter]:
@@ -57,22 +57,24 @@ def synthesis_params(G: Generator) -> list[torch.nn.Parameter]:
 def render_pair(G_src: Generator, G_tgt: Generator, z: torch.Tensor, cfg: NadaConfig, rng: torch.Generator,
                 mix_z: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """x_src without grad, x_tgt with grad, from the same w of the frozen mapping (paper section 4)."""
-    device = z.device
     with torch.no_grad():
         styles = [G_src.mapping(z)] + ([G_src.mapping(mix_z)] if mix_z is not None else [])
     faithful = cfg.mode == "faithful"
     inject_src = inject_tgt = None
     if mix_z is not None:
         # The original lets each generator draw its own crossover (bug B3); the fixed mode shares one.
-        inject_src = int(torch.randint(1, G_src.n_latent, (1,), generator=rng))
-        inject_tgt = int(torch.randint(1, G_src.n_latent, (1,), generator=rng)) if faithful else inject_src
+        def draw_index() -> int:
+            return int(torch.randint(1, G_src.n_latent, (1,), generator=rng, device=rng.device))
+
+        inject_src = draw_index()
+        inject_tgt = draw_index() if faithful else inject_src
     w_src = G_src.make_wplus(styles, input_is_latent=True, inject_index=inject_src)
     w_tgt = G_tgt.make_wplus(styles, input_is_latent=True, inject_index=inject_tgt)
     if cfg.noise_mode == "random":
-        noise_src = draw_noise(G_src, z.shape[0], rng, device)
+        noise_src = draw_noise(G_src, z.shape[0], rng)
         # Independent noise per generator as in the original; the fixed mode renders both with the same noise so the
         # image difference measures the change of weights only.
-        noise_tgt = draw_noise(G_src, z.shape[0], rng, device) if faithful else noise_src
+        noise_tgt = draw_noise(G_src, z.shape[0], rng) if faithful else noise_src
         kw_src, kw_tgt = dict(noise_mode="given", noise=noise_src), dict(noise_mode="given", noise=noise_tgt)
     else:
         kw_src = kw_tgt = dict(noise_mode=cfg.noise_mode)
@@ -86,11 +88,10 @@ def train_step(G_src: Generator, G_tgt: Generator, optimizer: torch.optim.Optimi
                rng: torch.Generator, step: int) -> dict:
     """One NADA iteration. Returns its statistics; raises TrainingDiverged before touching the weights on NaN/inf."""
     cfg = ctx.cfg
-    device = next(G_tgt.parameters()).device
     chosen = ctx.select(G_tgt, rng) if ctx.select is not None else None
-    z = torch.randn(cfg.batch, G_src.style_dim, generator=rng).to(device)
-    mix = cfg.mixing > 0 and float(torch.rand((), generator=rng)) < cfg.mixing
-    mix_z = torch.randn(cfg.batch, G_src.style_dim, generator=rng).to(device) if mix else None
+    z = torch.randn(cfg.batch, G_src.style_dim, generator=rng, device=rng.device)
+    mix = cfg.mixing > 0 and float(torch.rand((), generator=rng, device=rng.device)) < cfg.mixing
+    mix_z = torch.randn(cfg.batch, G_src.style_dim, generator=rng, device=rng.device) if mix else None
     x_src, x_tgt = render_pair(G_src, G_tgt, z, cfg, rng, mix_z)
     loss, stats = ctx.guidance(x_src, x_tgt)
     faithful_grads = cfg.mode == "faithful" and ctx.select is not None
@@ -186,7 +187,8 @@ def run_nada(G_src: Generator, shift: ShiftConfig, ctx: StepContext, seed: int, 
 
         set_trainable(G_tgt, phase_modules(G_tgt, cfg.phase))
     torch.manual_seed(seed)  # after model construction, as the original; all run randomness comes from `rng`
-    rng = torch.Generator().manual_seed(seed)
+    # all per-step randomness is drawn on the training device: no host-to-device copies of noise in the hot path
+    rng = torch.Generator(device=device).manual_seed(seed)
     optimizer = torch.optim.Adam(G_tgt.parameters(), lr=cfg.lr, betas=cfg.betas, eps=1e-8)
     z_grid = latents_from_seeds(task.grid_seeds, G_src.style_dim, device)
     if latent_avg is None:
