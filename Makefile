@@ -61,9 +61,12 @@ replicate: env
 	$(PY) -m replication.replicate --world $(WORLD) $(if $(SHIFTS),--shifts $(SHIFTS)) \
 		$(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS))
 
+# Each CLIP is two resumable stages: stage 1 lands in artifacts/ (git-ignored), stage 2 (anchored) starts from it.
 mini-world: env
-	$(PY) -m replication.miniworld.train_clip --name clip_a
-	$(PY) -m replication.miniworld.train_clip --name clip_b
+	$(PY) -m replication.miniworld.train_clip --name clip_a --out artifacts/mini_clip/clip_a_stage1.pt
+	$(PY) -m replication.miniworld.train_clip --name clip_a_anchored --out replication/miniworld/weights/clip_a.pt
+	$(PY) -m replication.miniworld.train_clip --name clip_b --out artifacts/mini_clip/clip_b_stage1.pt
+	$(PY) -m replication.miniworld.train_clip --name clip_b_anchored --out replication/miniworld/weights/clip_b.pt
 	$(PY) -m replication.miniworld.evaluator train --out replication/miniworld/weights/evaluator.pt
 	$(PY) -m replication.miniworld.train_generator train
 	@echo "new weights: update their sha256 in env/weights.toml (python -m replication.weights verify NAME prints it)"

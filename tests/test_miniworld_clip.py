@@ -198,6 +198,45 @@ def test_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
         train(replace(config, lr=1e-2), tmp_path / "resumed", tmp_path / "x.pt", progress=False)
 
 
+def test_anchored_stage_warm_starts_trains_the_attribute_head_and_exports_without_it(tmp_path):
+    stage1 = tmp_path / "stage1.pt"
+    export_state_dict(build_clip(TINY, 5).eval(), stage1)
+    config = ClipTrainConfig(name="tiny_anchored", architecture=TINY, seed=5, steps=2, batch_size=8, warmup_steps=1,
+                             attribute_weight=10.0, init_weights=str(stage1))
+    # the warm start is exact: after zero steps the exported weights are the stage-1 file's
+    train(replace(config, steps=0), tmp_path / "zero", tmp_path / "zero.pt", progress=False)
+    start, again = torch.load(stage1, weights_only=True), torch.load(tmp_path / "zero.pt", weights_only=True)
+    assert start.keys() == again.keys() and all(torch.equal(start[k], again[k]) for k in start)
+    train(config, tmp_path / "run", tmp_path / "out.pt", progress=False)
+    exported = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert exported.keys() == start.keys()  # the training-only head is never shipped
+    assert any(not torch.equal(start[k], exported[k]) for k in start)
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    assert state["model"]["attribute_head.weight"].shape == (len(train_clip.GEOMETRY_ATTRIBUTES), TINY.embed_dim)
+    with pytest.raises(ValueError, match="sha256"):
+        train(replace(config, init_sha256="0" * 64), tmp_path / "bad", tmp_path / "bad.pt", progress=False)
+    with pytest.raises(ValueError, match="missing"):
+        train(replace(config, init_weights=str(tmp_path / "nope.pt")), tmp_path / "bad2", tmp_path / "b.pt",
+              progress=False)
+
+
+def test_attribute_loss_falls_when_the_embedding_carries_the_attributes():
+    batch = sample_batch(16, _gen(3), hard_negative_fraction=0.25)
+    targets = train_clip.attribute_targets(batch["attrs"])
+    # an "embedding" that holds the attributes exactly, scaled down by the readout gain, is read back exactly
+    exact = targets / train_clip.ATTRIBUTE_READOUT_GAIN
+    exact = torch.cat([exact, (1 - exact.pow(2).sum(1, keepdim=True)).clamp_min(0).sqrt()], 1)
+    head_wide = torch.nn.Linear(exact.shape[1], targets.shape[1])
+    with torch.no_grad():
+        head_wide.weight.copy_(torch.eye(targets.shape[1], exact.shape[1]))
+        head_wide.bias.zero_()
+    assert float(train_clip.attribute_loss(head_wide, exact, batch)) < 1e-10
+    # a tiny attribute component cannot be amplified: the head's rows are unit vectors times the fixed gain
+    faint = torch.cat([1e-3 * targets, torch.ones(len(targets), 1)], 1)
+    head_wide.weight.data.mul_(1000.0)
+    assert float(train_clip.attribute_loss(head_wide, faint, batch)) > 0.5 * float(targets.pow(2).mean())
+
+
 def test_exported_weights_load_through_load_clip_and_clip_load(tmp_path):
     model = build_clip(TINY, 4).eval()
     path = tmp_path / "tiny.pt"

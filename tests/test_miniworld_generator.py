@@ -111,6 +111,55 @@ def test_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
         tg.train_generator(_tiny_config(seed=4), tmp_path / "b", tmp_path / "c.pt", progress=False)
 
 
+TINY_D_CHANNELS = ((4, 8), (8, 8), (16, 8), (32, 8), (64, 8))
+
+
+def test_adversarial_stage_warm_starts_from_stage_one_and_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    stage1 = tg.train_generator(_tiny_config(), tmp_path / "s1", tmp_path / "s1.pt", progress=False)
+    import hashlib
+
+    cfg = _tiny_config(seed=5, adversarial=0.1, d_channels=TINY_D_CHANNELS, r1_every=2, init_weights=str(stage1),
+                       init_sha256=hashlib.sha256(stage1.read_bytes()).hexdigest())
+    G, G_ema = tg.build_models(cfg)
+    G_stage1, _ = load_generator(stage1)
+    for (name, a), b in zip(G_stage1.state_dict().items(), G_ema.state_dict().values()):
+        assert torch.equal(a, b), name  # stage 2 starts exactly where stage 1 ended
+    straight = tg.train_generator(cfg, tmp_path / "a", tmp_path / "a.pt", progress=False)
+
+    calls = {"n": 0}
+    real_step = tg.train_step
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(tg, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tg.train_generator(cfg, tmp_path / "b", tmp_path / "b.pt", progress=False)
+    monkeypatch.setattr(tg, "train_step", real_step)
+    resumed = tg.train_generator(cfg, tmp_path / "b", tmp_path / "b.pt", progress=False)
+    G_a, ckpt_a = load_generator(straight)
+    G_b, _ = load_generator(resumed)
+    for (name, a), b in zip(G_a.state_dict().items(), G_b.state_dict().values()):
+        assert torch.equal(a, b), name  # the discriminator and its optimiser are part of the resumable state
+    assert not all(torch.equal(a, b) for a, b in zip(G_a.state_dict().values(), G_stage1.state_dict().values()))
+    log = ckpt_a.extra["final_loss"]
+    assert {"d_loss", "g_adv"} <= set(log) and all(torch.isfinite(torch.tensor(v)) for v in log.values())
+
+
+def test_warm_start_refuses_a_changed_or_missing_stage_one_file(tmp_path):
+    stage1 = tg.train_generator(_tiny_config(steps=1), tmp_path / "s1", tmp_path / "s1.pt", progress=False)
+    with pytest.raises(tg.GeneratorRecipeError, match="sha256"):
+        tg.build_models(_tiny_config(init_weights=str(stage1), init_sha256="0" * 64))
+    with pytest.raises(tg.GeneratorRecipeError, match="does not exist"):
+        tg.build_models(_tiny_config(init_weights=str(tmp_path / "nope.pt")))
+    wrong_arch = _tiny_config(channels=((4, 8), (8, 8), (16, 8), (32, 8), (64, 8)), init_weights=str(stage1))
+    with pytest.raises(tg.GeneratorRecipeError, match="architecture"):
+        tg.build_models(wrong_arch)
+
+
 def test_cli_reports_missing_weights_with_exit_code_2(tmp_path, capsys):
     code = tg.main(["measure", "--weights", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "r.json"),
                     "--grid", str(tmp_path / "g.png"), "--n-samples", "16"])

@@ -198,6 +198,18 @@ class TrainGeneratorConfig:
     lr_mlp: float = 1.0  # StyleGAN's 0.01 slows the mapping 100x; distillation has a fixed, short budget
     channels: tuple[tuple[int, int], ...] = ((4, 128), (8, 128), (16, 128), (32, 64), (64, 32))
     loss: LossWeights = LossWeights()
+    # Warm start: a checkpoint of this recipe (repo-relative path) whose g_ema initialises G and G_ema, and its sha256.
+    # The shipped generator is stage 1 (2,400 steps from scratch) continued by stage 2 from it; see `make mini-world`.
+    init_weights: str = ""
+    init_sha256: str = ""
+    # Adversarial term (pix2pix-style: the paired distillation keeps G(z) on its render, a small StyleGAN2
+    # discriminator judging single images removes the blur that the regression leaves on eyes, mouths and glasses).
+    # 0 turns it off; the shipped stage 2 uses it.
+    adversarial: float = 0.0
+    d_lr: float = 2e-3
+    r1_gamma: float = 0.05
+    r1_every: int = 16  # lazy: an R1 pass costs about five D passes on the CPU
+    d_channels: tuple[tuple[int, int], ...] = ((4, 64), (8, 64), (16, 64), (32, 32), (64, 32))
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "checkpoint_every", "style_dim"):
@@ -216,7 +228,13 @@ class TrainGeneratorConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["channels"] = [list(p) for p in self.channels]
+        out["d_channels"] = [list(p) for p in self.d_channels]
         return out
+
+    def discriminator_config(self) -> "DiscriminatorConfig":
+        from replication.networks import DiscriminatorConfig
+
+        return DiscriminatorConfig(size=64, channels=self.d_channels)
 
 
 def learning_rate(cfg: TrainGeneratorConfig, step: int) -> float:
@@ -231,15 +249,35 @@ def _batch_latents(cfg: TrainGeneratorConfig, step: int) -> Tensor:
     return draw_latents(cfg.batch, cfg.style_dim, seed=cfg.seed * 1_000_003 + step + 1)
 
 
+def _init_path(cfg: TrainGeneratorConfig) -> Path:
+    path = Path(cfg.init_weights)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
 def build_models(cfg: TrainGeneratorConfig) -> tuple[Generator, Generator]:
-    """Freshly initialised (G, G_ema) for cfg, reproducible from cfg.seed."""
+    """(G, G_ema) for cfg: freshly initialised from cfg.seed, or warm-started from cfg.init_weights."""
     state = torch.random.get_rng_state()
     torch.manual_seed(cfg.seed)
     try:
         G = Generator(cfg.generator_config())
     finally:
         torch.random.set_rng_state(state)
-    if cfg.n_mlp >= 1:
+    if cfg.init_weights:
+        import hashlib
+
+        path = _init_path(cfg)
+        if not path.is_file():
+            raise GeneratorRecipeError(f"--init {path} does not exist; train stage 1 first (see `make mini-world`)")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if cfg.init_sha256 and digest != cfg.init_sha256:
+            raise GeneratorRecipeError(f"--init {path} has sha256 {digest}, the run was started from "
+                                       f"{cfg.init_sha256}; use a new --run-dir")
+        start, _ = load_generator(path)
+        try:
+            G.load_state_dict(start.state_dict(), strict=True)
+        except RuntimeError:
+            raise GeneratorRecipeError(f"--init {path} is not a generator of this recipe's architecture") from None
+    elif cfg.n_mlp >= 1:
         # Latent dims from 13 on carry no attribute; starting the mapping blind to them removes most of the input
         # variance the synthesis would otherwise first have to learn to ignore (the distillation then converges
         # several times faster). They stay trainable.
@@ -251,11 +289,46 @@ def build_models(cfg: TrainGeneratorConfig) -> tuple[Generator, Generator]:
     return G, G_ema
 
 
+@dataclass
+class Adversary:
+    """The discriminator, its optimiser and the settings of the adversarial term (stage 2 only)."""
+
+    D: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    weight: float
+    r1_gamma: float
+    r1_every: int
+
+
+def discriminator_step(adv: Adversary, fake: Tensor, real: Tensor, step: int) -> dict[str, float]:
+    """One logistic-loss update of D on (detached fake, real), with lazy R1 on the reals every r1_every steps."""
+    adv.D.requires_grad_(True)
+    loss = F.softplus(adv.D(fake.detach())).mean() + F.softplus(-adv.D(real)).mean()
+    out = {"d_loss": float(loss.detach())}
+    if adv.r1_gamma > 0 and step % adv.r1_every == 0:
+        real = real.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(adv.D(real).sum(), real, create_graph=True)
+        r1 = grad.pow(2).flatten(1).sum(1).mean()
+        loss = loss + 0.5 * adv.r1_gamma * adv.r1_every * r1
+        out["r1"] = float(r1.detach())
+    adv.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    adv.optimizer.step()
+    adv.D.requires_grad_(False)
+    return out
+
+
 def train_step(G: Generator, optimizer: torch.optim.Optimizer, z: Tensor, real: Tensor, weights: LossWeights,
-               perceptual_net: torch.nn.Module | None) -> dict[str, float]:
-    """One Adam step of distillation on (z, render); returns the loss terms and total before the step."""
+               perceptual_net: torch.nn.Module | None, adversary: Adversary | None = None,
+               step: int = 0) -> dict[str, float]:
+    """One Adam step of distillation on (z, render), after one D step when adversarial; returns the loss terms."""
     fake, _ = G(z, noise_mode="none")
     total, terms = distillation_loss(fake, real, weights, perceptual_net)
+    if adversary is not None:
+        terms.update(discriminator_step(adversary, fake, real, step))
+        g_adv = F.softplus(-adversary.D(fake)).mean()
+        total = total + adversary.weight * g_adv
+        terms["g_adv"] = float(g_adv.detach())
     if not torch.isfinite(total):
         raise FloatingPointError(f"non-finite distillation loss {float(total)}; the last checkpoint is kept")
     optimizer.zero_grad(set_to_none=True)
@@ -303,6 +376,19 @@ def train_generator(cfg: TrainGeneratorConfig, run_dir: Path, out_path: Path, *,
     G, G_ema = build_models(cfg)
     optimizer = _make_optimizer(G, cfg)
     perceptual_net = make_perceptual_net(cfg.seed)
+    adversary = None
+    if cfg.adversarial > 0:
+        from replication.networks import Discriminator
+
+        rng_state = torch.random.get_rng_state()
+        torch.manual_seed(cfg.seed + 31)
+        try:
+            D = Discriminator(cfg.discriminator_config())
+        finally:
+            torch.random.set_rng_state(rng_state)
+        D.requires_grad_(False)
+        adversary = Adversary(D, torch.optim.Adam(D.parameters(), lr=cfg.d_lr, betas=(0.0, 0.99)), cfg.adversarial,
+                              cfg.r1_gamma, cfg.r1_every)
     start = 0
     log: list[dict[str, float]] = []
     saved = _load_state(state_path, cfg)
@@ -310,6 +396,9 @@ def train_generator(cfg: TrainGeneratorConfig, run_dir: Path, out_path: Path, *,
         G.load_state_dict(saved["G"])
         G_ema.load_state_dict(saved["G_ema"])
         optimizer.load_state_dict(saved["optimizer"])
+        if adversary is not None:
+            adversary.D.load_state_dict(saved["D"])
+            adversary.optimizer.load_state_dict(saved["D_optimizer"])
         start = int(saved["step"])
         log = list(saved["log"])
     G.train()
@@ -321,16 +410,18 @@ def train_generator(cfg: TrainGeneratorConfig, run_dir: Path, out_path: Path, *,
             group["lr"] = learning_rate(cfg, step)
         z = _batch_latents(cfg, step)
         real = target_images(z)
-        terms = train_step(G, optimizer, z, real, cfg.loss, perceptual_net)
+        terms = train_step(G, optimizer, z, real, cfg.loss, perceptual_net, adversary, step)
         # Ramp the EMA in so the early average is not dominated by the random initialisation.
         _ema_update(G_ema, G, min(cfg.ema_beta, (1.0 + step) / (10.0 + step)))
         if step % 50 == 0 or step == cfg.steps - 1:
             log.append({"step": step, **terms})
         bar.set_postfix(loss=f"{terms['total']:.4f}", l1=f"{terms['pixel']:.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            atomic_torch_save({"config": cfg.to_dict(), "step": step + 1, "G": G.state_dict(),
-                               "G_ema": G_ema.state_dict(), "optimizer": optimizer.state_dict(), "log": log},
-                              state_path)
+            state = {"config": cfg.to_dict(), "step": step + 1, "G": G.state_dict(), "G_ema": G_ema.state_dict(),
+                     "optimizer": optimizer.state_dict(), "log": log}
+            if adversary is not None:
+                state.update(D=adversary.D.state_dict(), D_optimizer=adversary.optimizer.state_dict())
+            atomic_torch_save(state, state_path)
     bar.close()
     latent_avg = G_ema.mean_latent(4096, generator=torch.Generator().manual_seed(cfg.seed + 7))
     extra = {
@@ -551,6 +642,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, default=defaults.steps)
     train.add_argument("--batch", type=int, default=defaults.batch)
     train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (cosine decay)")
+    train.add_argument("--adversarial", type=float, default=defaults.adversarial,
+                       help="weight of the discriminator term (0 = distillation only; stage 2 uses 0.05)")
+    train.add_argument("--init", type=Path, default=None,
+                       help="warm-start from this checkpoint of the recipe (stage 2 of the shipped generator)")
     train.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     train.add_argument("--threads", type=int, default=1, help="torch threads (the recipe is timed on 1)")
     train.add_argument("--no-progress", action="store_true", help="hide the tqdm bar")
@@ -573,8 +669,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(max(1, args.threads))
     try:
         if args.command == "train":
-            cfg = TrainGeneratorConfig(steps=args.steps, batch=args.batch, seed=args.seed,
-                                       checkpoint_every=args.checkpoint_every)
+            init, init_sha = "", ""
+            if args.init is not None:
+                import hashlib
+
+                if not args.init.is_file():
+                    raise GeneratorRecipeError(f"--init {args.init} does not exist; train stage 1 first")
+                resolved = args.init.resolve()
+                init = str(resolved.relative_to(REPO_ROOT) if resolved.is_relative_to(REPO_ROOT) else resolved)
+                init_sha = hashlib.sha256(resolved.read_bytes()).hexdigest()
+            cfg = TrainGeneratorConfig(steps=args.steps, batch=args.batch, seed=args.seed, lr=args.lr,
+                                       adversarial=args.adversarial,
+                                       checkpoint_every=args.checkpoint_every, init_weights=init,
+                                       init_sha256=init_sha)
             path = train_generator(cfg, args.run_dir, args.out, command=_command_line(argv),
                                    progress=not args.no_progress)
             print(f"wrote {path}")
