@@ -17,7 +17,7 @@ SEEDS ?=
 help:
 	@echo "make replicate   train, score and draw every shift of WORLD (mini by default; WORLD=paper needs make convert)"
 	@echo "                 narrow it with SHIFTS=\"mini--sketch\" METHODS=\"nada source\" SEEDS=\"0\""
-	@echo "make mini-world  retrain the four shipped mini-world models (resumable; about 1-2 h on 2 CPU cores)"
+	@echo "make mini-world  retrain the four shipped mini-world models (resumable; about 2 h, one CPU thread)"
 	@echo "make mini-measure  re-measure the shipped mini-world models -> results/mini_world/"
 	@echo "make figures     redraw paper_figures/out/ from results/ only"
 	@echo "make test        build the trainer environment (.venv) if needed and run the CPU test suite"

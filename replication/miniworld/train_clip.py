@@ -363,11 +363,17 @@ def direction_scores(encoder: ClipEncoder, n_pairs: int = 200) -> dict[str, Any]
     per_target: dict[str, dict[str, float]] = {}
     right = 0
     for t, (label, _, _, style, character) in enumerate(targets):
-        diff = F.normalize(_image_features(encoder, render(attrs, style, character)) - source_feats, dim=-1)
+        target_feats = _image_features(encoder, render(attrs, style, character))
+        diff = F.normalize(target_feats - source_feats, dim=-1)
         cos = diff @ directions.t()  # [P, T]
         picked = (cos.argmax(1) == t).float()
         right += int(picked.sum())
-        per_target[label] = {"mean_cosine": float(cos[:, t].mean()), "picked_fraction": float(picked.mean())}
+        # A generator collapsed onto one target image (here the first pair's) makes the differences
+        # E(target_0) - E(source_i); the nearer they are to the true ones, the less NADA's loss can see a collapse.
+        collapsed = F.normalize(target_feats[:1] - source_feats, dim=-1)
+        per_target[label] = {"mean_cosine": float(cos[:, t].mean()), "picked_fraction": float(picked.mean()),
+                             "collapsed_vs_true_difference_cosine": float((collapsed * diff).sum(1).mean()),
+                             "within_target_mean_pairwise_cosine": float((target_feats @ target_feats.t()).mean())}
     # hard negatives and plain augmentations of the same source renders: they must not look like any target
     rng = torch.Generator().manual_seed(PAIR_SEED + 1)
     negatives = hard_negatives(source_images, rng)
@@ -386,6 +392,8 @@ def direction_scores(encoder: ClipEncoder, n_pairs: int = 200) -> dict[str, Any]
         "per_target": per_target,
         "min_mean_cosine": min(v["mean_cosine"] for v in per_target.values()),
         "picked_fraction": right / (n_pairs * len(targets)),
+        "collapse_blindness": sum(v["collapsed_vs_true_difference_cosine"] for v in per_target.values())
+        / len(per_target),
         "negatives_mean_cosine": negative_cos,
         "negatives_max_mean_cosine": max(max(negative_cos[k].values())
                                          for k in NEGATIVE_BAR_KINDS if k in negative_cos),
