@@ -4,6 +4,7 @@ Example: python -m paper_figures.make_all
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -22,8 +23,13 @@ HEADLINE = ("target_accuracy", "kept_label_accuracy", "attr_r2_ratio", "edge_cor
 
 
 def _base(metric: str) -> str:
+    """Headline name of a stored metric ("mini_paired_l1_n500" -> "paired_l1"); "" for others, including the
+    *_src references (the unadapted generator's score beside a metric, which must not be pooled with it)."""
+    core = re.sub(r"_n\d+$", "", metric).removeprefix("mini_")
+    if core.endswith("_src"):
+        return ""
     for name in HEADLINE:
-        if metric.startswith(("mini_" + name, name)):
+        if core == name or core.startswith(name + "_"):
             return name
     return ""
 

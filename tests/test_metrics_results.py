@@ -67,3 +67,13 @@ def test_collect_and_figures_from_a_fixture_tree(tmp_path):
     figures = make_all(csv_path, runs, tmp_path / "out")
     assert {p.name for p in figures} == {"mini_scores.png", "mini_grids.png"}
     assert all(p.stat().st_size > 1000 for p in figures)
+
+
+def test_figure_pools_each_headline_metric_without_its_source_reference():
+    from paper_figures.make_all import _base
+
+    assert _base("mini_edge_corr_true_n500") == "edge_corr_true"
+    assert _base("mini_edge_corr_true_src_n500") == ""  # the unadapted generator's score, drawn apart or not at all
+    assert _base("mini_paired_l1_src_n500") == "" and _base("mini_paired_l1_n500") == "paired_l1"
+    assert _base("clip_dir_miniclipb_n500") == "clip_dir" and _base("clip_target_sim_miniclipb_n500") == ""
+    assert _base("mini_attr_r2_src_n500") == "" and _base("mini_attr_r2_ratio_n500") == "attr_r2_ratio"
