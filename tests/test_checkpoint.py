@@ -115,6 +115,20 @@ def test_not_a_torch_file(tmp_path):
     _one_line(info)
 
 
+@pytest.mark.parametrize("junk", [
+    b"Q" + bytes(range(64)),  # BINPERSID on an empty stack: IndexError inside torch's weights_only unpickler
+    b"\x80\x02" + b"Q" * 8,
+    b"\x80\x02}q\x00(X\x01\x00\x00\x00a",  # truncated dict
+    b"\x80\x02cos\nsystem\n",  # a global outside the allow-list
+    bytes(256),
+])
+def test_corrupt_bytes_of_every_kind_are_one_checkpoint_error(tmp_path, junk):
+    (tmp_path / "junk.pt").write_bytes(junk)
+    with pytest.raises(CheckpointError, match="junk.pt") as info:
+        load_checkpoint(tmp_path / "junk.pt")
+    _one_line(info)
+
+
 class _Payload:
     def __init__(self, marker):
         self.marker = marker
