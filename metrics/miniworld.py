@@ -44,13 +44,6 @@ def mini_shift(source_text: str, target_text: str) -> MiniShift:
                          f"{CHARACTERS[1:]}; got {source_text!r} -> {target_text!r}")
 
 
-def r2_score(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """Coefficient of determination per column (1 - SSE/SST)."""
-    sse = ((pred - true) ** 2).sum(0)
-    sst = ((true - true.mean(0)) ** 2).sum(0)
-    return 1.0 - sse / np.maximum(sst, 1e-12)
-
-
 def edge_map(x: torch.Tensor) -> torch.Tensor:
     """Sobel gradient magnitude of the luminance, [N, H, W]."""
     grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)

@@ -15,6 +15,18 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DONE_NAME = "DONE"
 
 
+def repo_path(path: str | Path) -> Path:
+    """A path as written in configs: repo-relative unless absolute."""
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def repo_relative(path: str | Path) -> str:
+    """The path as committed results show it: repo-relative when inside the repo (no machine-specific prefix)."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPO_ROOT) if resolved.is_relative_to(REPO_ROOT) else resolved)
+
+
 def _umask_mode() -> int:
     mask = os.umask(0)
     os.umask(mask)

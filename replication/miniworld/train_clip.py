@@ -9,7 +9,6 @@ the same command again continues from it and reaches the same weights as an unin
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import shlex
@@ -44,7 +43,8 @@ from replication.miniworld.augment import HARD_NEGATIVE_KINDS, augment, hard_neg
 from replication.miniworld.captions import ARTICLES, STYLE_FORMS
 from replication.miniworld.data import HELDOUT_SEED_BASE, heldout_set, sample_batch, train_batch_seed
 from replication.miniworld.render import render
-from replication.runio import REPO_ROOT, atomic_torch_save, write_json
+from replication.runio import REPO_ROOT, atomic_torch_save, repo_path, repo_relative, write_json
+from replication.weights import file_sha256
 
 WEIGHTS_DIR = REPO_ROOT / "replication" / "miniworld" / "weights"
 RESULTS_DIR = REPO_ROOT / "results" / "mini_world"
@@ -236,8 +236,7 @@ def train(config: ClipTrainConfig, run_dir: Path, out_path: Path, *, progress: b
     state_path = run_dir / "state.pt"
     model = build_clip(config.architecture, config.seed)
     if config.init_weights:
-        init = Path(config.init_weights)
-        init = init if init.is_absolute() else REPO_ROOT / init
+        init = repo_path(config.init_weights)
         if not init.is_file():
             raise ClipTrainingError(f"stage-1 weights {init} are missing; train them first with python -m "
                                     f"replication.miniworld.train_clip --name {config.name.split('_anchored')[0]} "
@@ -446,14 +445,6 @@ def measure(weights_path: Path, *, n_heldout: int = 2000, n_pairs: int = 200) ->
             "all_pass": all(b["pass"] for b in bars.values())}
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help=f"preset: {', '.join(PRESETS)}")
@@ -491,15 +482,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = measure(Path(out_path), n_heldout=args.n_heldout, n_pairs=args.n_pairs)
             trained_as = SHIPPED_STAGES.get(args.name, (args.name, args.name))[1]
             train_summary = (args.run_dir or RUNS_DIR / trained_as) / "summary.json"
-            shown_path = Path(out_path).resolve()
-            if shown_path.is_relative_to(REPO_ROOT):
-                shown_path = shown_path.relative_to(REPO_ROOT)  # results are committed: no machine-specific paths
-            report.update({"name": args.name, "command": command, "weights": str(shown_path),
+            report.update({"name": args.name, "command": command, "weights": repo_relative(out_path),
                            "train_command": (recipe_command(args.name) if args.name in SHIPPED_STAGES
                                              else f"python -m replication.miniworld.train_clip --name {args.name}"),
                            "train_summary": json.loads(train_summary.read_text()) if train_summary.is_file() else None,
                            "weights_sha256": file_sha256(Path(out_path)), "file_bytes": Path(out_path).stat().st_size,
-                           "train_config": asdict(PRESETS[trained_as]), "measure_seconds": round(time.time() - started, 1)})
+                           "train_config": asdict(PRESETS[trained_as]),
+                           "measure_seconds": round(time.time() - started, 1)})
             results_path = args.results or RESULTS_DIR / f"{args.name}.json"
             write_json(results_path, report)
             print(json.dumps(report["bars"], indent=1))

@@ -34,8 +34,10 @@ from replication.miniworld.attributes import (
     sample_attributes,
 )
 from replication.miniworld.render import render
-from replication.networks import Generator, GeneratorConfig
-from replication.runio import REPO_ROOT, atomic_torch_save, atomic_write_bytes, write_json
+from replication.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from replication.runio import (REPO_ROOT, atomic_torch_save, atomic_write_bytes, repo_path, repo_relative,
+                               write_json)
+from replication.weights import file_sha256
 
 DEFAULT_WEIGHTS = REPO_ROOT / "replication" / "miniworld" / "weights" / "generator.pt"
 DEFAULT_RUN_DIR = REPO_ROOT / "artifacts" / "mini_world" / "generator"
@@ -231,9 +233,7 @@ class TrainGeneratorConfig:
         out["d_channels"] = [list(p) for p in self.d_channels]
         return out
 
-    def discriminator_config(self) -> "DiscriminatorConfig":
-        from replication.networks import DiscriminatorConfig
-
+    def discriminator_config(self) -> DiscriminatorConfig:
         return DiscriminatorConfig(size=64, channels=self.d_channels)
 
 
@@ -249,11 +249,6 @@ def _batch_latents(cfg: TrainGeneratorConfig, step: int) -> Tensor:
     return draw_latents(cfg.batch, cfg.style_dim, seed=cfg.seed * 1_000_003 + step + 1)
 
 
-def _init_path(cfg: TrainGeneratorConfig) -> Path:
-    path = Path(cfg.init_weights)
-    return path if path.is_absolute() else REPO_ROOT / path
-
-
 def build_models(cfg: TrainGeneratorConfig) -> tuple[Generator, Generator]:
     """(G, G_ema) for cfg: freshly initialised from cfg.seed, or warm-started from cfg.init_weights."""
     state = torch.random.get_rng_state()
@@ -263,12 +258,10 @@ def build_models(cfg: TrainGeneratorConfig) -> tuple[Generator, Generator]:
     finally:
         torch.random.set_rng_state(state)
     if cfg.init_weights:
-        import hashlib
-
-        path = _init_path(cfg)
+        path = repo_path(cfg.init_weights)
         if not path.is_file():
             raise GeneratorRecipeError(f"--init {path} does not exist; train stage 1 first (see `make mini-world`)")
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = file_sha256(path)
         if cfg.init_sha256 and digest != cfg.init_sha256:
             raise GeneratorRecipeError(f"--init {path} has sha256 {digest}, the run was started from "
                                        f"{cfg.init_sha256}; use a new --run-dir")
@@ -378,8 +371,6 @@ def train_generator(cfg: TrainGeneratorConfig, run_dir: Path, out_path: Path, *,
     perceptual_net = make_perceptual_net(cfg.seed)
     adversary = None
     if cfg.adversarial > 0:
-        from replication.networks import Discriminator
-
         rng_state = torch.random.get_rng_state()
         torch.manual_seed(cfg.seed + 31)
         try:
@@ -559,8 +550,7 @@ def _evaluator_scores(evaluator_path: Path, evaluator_results: Path, fake: Tenso
         "fid<half_min_domain_fid": None if min_domain_fid is None else fid < 0.5 * min_domain_fid,
     }
     return {
-        "evaluator": str(evaluator_path.relative_to(REPO_ROOT) if evaluator_path.is_relative_to(REPO_ROOT)
-                         else evaluator_path),
+        "evaluator": repo_relative(evaluator_path),
         "photo_human_rate": photo_human,
         "photo_human_rate_true_renders": float(((r_style == photo) & (r_char == human)).float().mean()),
         "attribute_r2_generator": dict(zip(ATTRIBUTE_NAMES, r2_fake)),
@@ -600,8 +590,7 @@ def measure_generator(weights: Path, *, evaluator_path: Path | None = DEFAULT_EV
         lp = float(torch.cat([perceptual(fake[s:s + 100], paired_real[s:s + 100]).flatten()
                               for s in range(0, n_lp, 100)]).mean())
     report: dict[str, Any] = {
-        "weights": str(weights.relative_to(REPO_ROOT) if Path(weights).resolve().is_relative_to(REPO_ROOT)
-                       else weights),
+        "weights": repo_relative(weights),
         "weights_bytes": Path(weights).stat().st_size,
         "n_samples": n_samples,
         "latent_seed": seed,
@@ -671,13 +660,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             init, init_sha = "", ""
             if args.init is not None:
-                import hashlib
-
                 if not args.init.is_file():
                     raise GeneratorRecipeError(f"--init {args.init} does not exist; train stage 1 first")
-                resolved = args.init.resolve()
-                init = str(resolved.relative_to(REPO_ROOT) if resolved.is_relative_to(REPO_ROOT) else resolved)
-                init_sha = hashlib.sha256(resolved.read_bytes()).hexdigest()
+                init, init_sha = repo_relative(args.init), file_sha256(args.init.resolve())
             cfg = TrainGeneratorConfig(steps=args.steps, batch=args.batch, seed=args.seed, lr=args.lr,
                                        adversarial=args.adversarial,
                                        checkpoint_every=args.checkpoint_every, init_weights=init,
