@@ -12,12 +12,14 @@ SHIFTS ?=
 METHODS ?=
 SEEDS ?=
 
-.PHONY: env env-legacy test convert crosscheck replicate figures collect bench mini-world mini-measure clean-env help
+.PHONY: env env-legacy test convert crosscheck replicate figures collect bench mini-world mini-world-clip-a \
+	mini-world-clip-b mini-world-evaluator mini-world-generator mini-measure clean-env help
 
 help:
 	@echo "make replicate   train, score and draw every shift of WORLD (mini by default; WORLD=paper needs make convert)"
 	@echo "                 narrow it with SHIFTS=\"mini--sketch\" METHODS=\"nada source\" SEEDS=\"0\""
-	@echo "make mini-world  retrain the four shipped mini-world models (resumable; about 2 h, one CPU thread)"
+	@echo "                 RERUN_STALE=1 re-runs finished mini runs scored with other evaluator / eval-CLIP weights"
+	@echo "make -j2 mini-world  retrain the four shipped mini-world models (resumable; one thread per model)"
 	@echo "make mini-measure  re-measure the shipped mini-world models -> results/mini_world/"
 	@echo "make figures     redraw paper_figures/out/ from results/ only"
 	@echo "make test        build the trainer environment (.venv) if needed and run the CPU test suite"
@@ -59,17 +61,26 @@ crosscheck: env env-legacy
 
 replicate: env
 	$(PY) -m replication.replicate --world $(WORLD) $(if $(SHIFTS),--shifts $(SHIFTS)) \
-		$(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS))
+		$(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(RERUN_STALE),--rerun-stale)
 
 # Each CLIP is two resumable stages: stage 1 lands in artifacts/ (git-ignored), stage 2 (anchored) starts from it.
-mini-world: env
+# The four models are independent one-thread jobs: `make -j2 mini-world` trains two at a time on a 2-core machine.
+mini-world: mini-world-clip-a mini-world-clip-b mini-world-evaluator mini-world-generator
+	@echo "new weights: update their sha256 in env/weights.toml (python -m replication.weights verify NAME prints it)"
+
+mini-world-clip-a: env
 	$(PY) -m replication.miniworld.train_clip --name clip_a --out artifacts/mini_clip/clip_a_stage1.pt
 	$(PY) -m replication.miniworld.train_clip --name clip_a_anchored --out replication/miniworld/weights/clip_a.pt
+
+mini-world-clip-b: env
 	$(PY) -m replication.miniworld.train_clip --name clip_b --out artifacts/mini_clip/clip_b_stage1.pt
 	$(PY) -m replication.miniworld.train_clip --name clip_b_anchored --out replication/miniworld/weights/clip_b.pt
+
+mini-world-evaluator: env
 	$(PY) -m replication.miniworld.evaluator train --out replication/miniworld/weights/evaluator.pt
+
+mini-world-generator: env
 	$(PY) -m replication.miniworld.train_generator train
-	@echo "new weights: update their sha256 in env/weights.toml (python -m replication.weights verify NAME prints it)"
 
 mini-measure: env
 	$(PY) -m replication.miniworld.train_clip --measure --name clip_a

@@ -10,6 +10,23 @@ from replication.config import ShiftConfig
 from replication.runio import atomic_write_text
 
 EVAL_CLIP_MINI = "mini-clip-b"  # the evaluation CLIP differs from the training one (mini-clip-a)
+MINI_SCORERS = ("mini-evaluator", EVAL_CLIP_MINI)  # the models a mini run's scores depend on, besides the run itself
+
+
+def scorer_sha256() -> dict[str, str]:
+    """sha256 of every registry model that scores mini runs; stored in each metrics row so stale scores are found."""
+    from replication import weights
+
+    return {name: weights.verify(name) for name in MINI_SCORERS}
+
+
+def scores_are_current(run_dir: Path, current: dict[str, str]) -> bool:
+    """True when run_dir/metrics.jsonl exists and every row was scored by exactly the `current` scorer models."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return False
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return bool(rows) and all(row.get("scorers") == current for row in rows)
 
 
 def eval_latents(shift: ShiftConfig, style_dim: int, n: int | None = None) -> torch.Tensor:
@@ -62,7 +79,8 @@ def score_mini_run(G_src, G_tgt, shift: ShiftConfig, n: int = 500) -> list[dict]
     encoder = load_clip(EVAL_CLIP_MINI)
     for k, v in clip_scores(G_src, G_tgt, z, encoder, shift.task.source_text, shift.task.target_text).items():
         rows.append(dict(metric=f"{k}_miniclipb_n{n}", value=v, n_samples=n, protocol="eval CLIP mini-clip-b"))
-    return rows
+    scorers = scorer_sha256()
+    return [dict(row, scorers=scorers) for row in rows]
 
 
 def write_metrics(run_dir: Path, rows: list[dict]) -> None:

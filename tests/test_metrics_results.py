@@ -84,3 +84,20 @@ def test_figure_pools_each_headline_metric_without_its_source_reference():
     assert _base("mini_paired_l1_src_n500") == "" and _base("mini_paired_l1_n500") == "paired_l1"
     assert _base("clip_dir_miniclipb_n500") == "clip_dir" and _base("clip_target_sim_miniclipb_n500") == ""
     assert _base("mini_attr_r2_src_n500") == "" and _base("mini_attr_r2_ratio_n500") == "attr_r2_ratio"
+
+
+def test_stale_scores_are_found_by_scorer_sha256(tmp_path):
+    """A run scored by other evaluator / eval-CLIP weights is stale (make replicate warns, --rerun-stale redoes it)."""
+    from metrics.calc import MINI_SCORERS, scorer_sha256, scores_are_current, write_metrics
+
+    current = scorer_sha256()
+    assert set(current) == set(MINI_SCORERS) and all(len(v) == 64 for v in current.values())
+    assert not scores_are_current(tmp_path, current)  # never scored
+    write_metrics(tmp_path, [{"metric": "m", "value": 1.0, "scorers": current}])
+    assert scores_are_current(tmp_path, current)
+    old = dict(current, **{"mini-evaluator": "0" * 64})
+    write_metrics(tmp_path, [{"metric": "m", "value": 1.0, "scorers": current},
+                             {"metric": "n", "value": 2.0, "scorers": old}])
+    assert not scores_are_current(tmp_path, current)
+    write_metrics(tmp_path, [{"metric": "m", "value": 1.0}])  # scored before the provenance was recorded
+    assert not scores_are_current(tmp_path, current)
