@@ -84,6 +84,13 @@ def _cast_like_openai(model: nn.Module, dtype: torch.dtype) -> None:
                 tensor.data = tensor.data.to(dtype)
 
 
+def clip_normalise(x01: torch.Tensor) -> torch.Tensor:
+    """CLIP's per-channel mean/std normalisation of images [B, 3, H, W] in [0, 1] (the last step of preprocess)."""
+    mean = torch.tensor(CLIP_MEAN, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
+    return (x01 - mean) / std
+
+
 class ClipEncoder:
     """A frozen CLIP model with NADA's generator-image preprocessing and a per-run text-feature cache.
 
@@ -102,8 +109,6 @@ class ClipEncoder:
         param = next(model.parameters())
         self.device = param.device
         self.dtype = model.dtype
-        self._mean = torch.tensor(CLIP_MEAN, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(CLIP_STD, device=self.device).view(1, 3, 1, 1)
         self._text_cache: dict[str, torch.Tensor] = {}
 
     def __repr__(self) -> str:
@@ -145,7 +150,7 @@ class ClipEncoder:
             top = int(round((out_h - r) / 2.0))
             left = int(round((out_w - r) / 2.0))
             x = x[..., top:top + r, left:left + r]
-        return (x - self._mean.to(x.device)) / self._std.to(x.device)
+        return clip_normalise(x)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """CLIP-ready pixels [B,3,R,R] -> raw (un-normalised) image embeddings [B,D], float32."""

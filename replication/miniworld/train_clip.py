@@ -29,8 +29,9 @@ with warnings.catch_warnings():
     import clip
     import clip.model as clip_model
 
-from replication.clip_models import ClipEncoder, load_clip
+from replication.clip_models import ClipEncoder, clip_normalise, load_clip
 from replication.losses import text_direction
+from replication.templates import fill_templates
 from replication.miniworld.attributes import (
     ATTRIBUTE_INDEX,
     CHARACTERS,
@@ -101,6 +102,18 @@ class ClipTrainConfig:
     # Warm start: fp16 weights of the same architecture (repo-relative path) and their sha256.
     init_weights: str = ""
     init_sha256: str = ""
+    # Pixels the image tower sees. "clip": CLIP's mean/std normalisation of [0, 1] images, exactly what ClipEncoder
+    # (NADA's losses, the metrics) feeds the model. "raw": the [-1, 1] render itself; stage 1 was trained that way,
+    # and measured through ClipEncoder that mismatch cost CLIP A 7 points of character accuracy (92.5% vs 99.7%
+    # fed raw) and 7 of glasses, so stage 2 switches to "clip".
+    pixels: str = "raw"
+    # Weight of a colour-invariance term: photo+human renders x and colour-only edits x' of them (strong hue shifts,
+    # greyscale, tints: the negatives bar's kinds) give a difference unit(E(x') - E(x)) whose squared cosine with
+    # every target's text direction is penalised. Captions alone left greyscale photos at cosine 0.21 (A) and 0.22 (B)
+    # with human -> zombie, which NADA would follow as a shortcut.
+    invariance_weight: float = 0.0
+    invariance_pairs: int = 24
+    directions_every: int = 50  # steps between refreshes of the (no-grad) text directions the term uses
 
 
 # Attributes that domain-preserving colour augmentation leaves intact, so they are valid targets on augmented images.
@@ -123,13 +136,10 @@ PRESETS: dict[str, ClipTrainConfig] = {
 # Stage 2 of the shipped CLIPs: continue stage 1 with the attribute-anchoring term (see ClipTrainConfig).
 SHIPPED_STAGES: dict[str, tuple[str, str]] = {"clip_a": ("clip_a", "clip_a_anchored"),
                                                "clip_b": ("clip_b", "clip_b_anchored")}
-# CLIP B at 1,500 stage-2 steps read style 94.0%, character 85.4% and glasses 82.8% (bars 95/90/85); it gets twice
-# the steps (measured 2026-11-30, results/mini_world/clip_b.json).
-_STAGE2_STEPS = {"clip_a": 1500, "clip_b": 3000}
 for _name in SHIPPED_STAGES:
     PRESETS[f"{_name}_anchored"] = replace(
-        PRESETS[_name], name=f"{_name}_anchored", steps=_STAGE2_STEPS[_name], lr=1e-3, warmup_steps=50,
-        attribute_weight=10.0, init_weights=f"artifacts/mini_clip/{_name}_stage1.pt")
+        PRESETS[_name], name=f"{_name}_anchored", steps=1500, lr=1e-3, warmup_steps=50, attribute_weight=10.0,
+        init_weights=f"artifacts/mini_clip/{_name}_stage1.pt", pixels="clip", invariance_weight=5.0)
 
 
 def build_clip(arch: ClipArchitecture, seed: int) -> clip_model.CLIP:
@@ -182,13 +192,62 @@ def make_optimizer(model: torch.nn.Module, config: ClipTrainConfig) -> torch.opt
                               {"params": free, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
 
 
+COLOUR_EDIT_KINDS = ("colour_shift", "greyscale", "tint")
+
+
 def training_batch(config: ClipTrainConfig, step: int) -> dict[str, Any]:
-    """Batch `step` of a run: renders, hard negatives, captions and augmentation, all from the step's own seed."""
+    """Batch `step` of a run: renders, hard negatives, captions and augmentation, all from the step's own seed.
+
+    With the invariance term, also `invariance_pairs` (clean photo+human renders, colour-only edits of them), drawn
+    from a second stream of the step's seed so the contrastive batch is the same as without the term.
+    """
     rng = torch.Generator().manual_seed(train_batch_seed(config.seed, step))
     batch = sample_batch(config.batch_size, rng, hard_negative_fraction=config.hard_negative_fraction,
                          template_caption_fraction=config.template_caption_fraction)
     batch["images"] = augment(batch["images"], rng, strength=config.augment_strength)
+    if config.invariance_weight > 0:
+        pair_rng = torch.Generator().manual_seed(train_batch_seed(config.seed, step) + 1)
+        clean = render(sample_attributes(config.invariance_pairs, pair_rng), SOURCE_STYLE, SOURCE_CHARACTER)
+        edits = hard_negatives(clean, pair_rng)
+        colour = torch.isin(edits.kind, torch.tensor([HARD_NEGATIVE_KINDS.index(k) for k in COLOUR_EDIT_KINDS]))
+        batch["invariance_pairs"] = (clean[colour], edits.images[colour])
     return batch
+
+
+def model_pixels(images: torch.Tensor, pixels: str) -> torch.Tensor:
+    """What the image tower is fed for renders in [-1, 1]: CLIP-normalised ("clip", as ClipEncoder) or as is ("raw")."""
+    if pixels == "clip":
+        return clip_normalise((images.float() + 1.0) / 2.0)
+    if pixels == "raw":
+        return images
+    raise ClipTrainingError(f"pixels must be 'clip' or 'raw', got {pixels!r}")
+
+
+@torch.no_grad()
+def training_text_directions(model: clip_model.CLIP) -> torch.Tensor:
+    """NADA's template-averaged text direction [T, D] of every target_domains() shift, from the model in training."""
+    was_training = model.training
+    model.eval()
+    cache: dict[str, torch.Tensor] = {}
+
+    def mean_feature(text: str) -> torch.Tensor:
+        if text not in cache:
+            feats = model.encode_text(tokenize(fill_templates(text), model.context_length)).float()
+            cache[text] = F.normalize(feats, dim=-1)
+        return cache[text]
+
+    rows = [F.normalize((mean_feature(tgt) - mean_feature(src)).mean(0), dim=-1) for _, src, tgt, _, _ in
+            target_domains()]
+    model.train(was_training)
+    return torch.stack(rows)
+
+
+def invariance_loss(model: clip_model.CLIP, clean: torch.Tensor, edited: torch.Tensor, directions: torch.Tensor,
+                    pixels: str) -> torch.Tensor:
+    """Mean squared cosine between unit(E(edited) - E(clean)) and every target text direction [T, D]."""
+    feats = F.normalize(model.encode_image(model_pixels(torch.cat([clean, edited]), pixels)), dim=-1)
+    diff = F.normalize(feats[len(clean):] - feats[:len(clean)], dim=-1, eps=1e-6)
+    return (diff @ directions.t()).pow(2).mean()
 
 
 def attribute_targets(attrs: torch.Tensor) -> torch.Tensor:
@@ -206,16 +265,19 @@ def attribute_loss(head: torch.nn.Linear, image_features: torch.Tensor, batch: d
 
 
 def train_step(model: clip_model.CLIP, optimizer: torch.optim.Optimizer, batch: dict[str, Any],
-               lr: float, head: torch.nn.Linear | None = None, attribute_weight: float = 0.0) -> float:
-    """One contrastive update on a batch (plus the attribute term when a head is given); returns the loss."""
+               lr: float, head: torch.nn.Linear | None = None, attribute_weight: float = 0.0, *,
+               pixels: str = "raw", directions: torch.Tensor | None = None, invariance_weight: float = 0.0) -> float:
+    """One contrastive update on a batch (plus the attribute and invariance terms when enabled); returns the loss."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     model.train()
-    image_features = model.encode_image(batch["images"])
+    image_features = model.encode_image(model_pixels(batch["images"], pixels))
     text_features = model.encode_text(tokenize(batch["captions"], model.context_length))
     loss = soft_contrastive_loss(image_features, text_features, model.logit_scale, batch["captions"])
     if head is not None and attribute_weight > 0:
         loss = loss + attribute_weight * attribute_loss(head, image_features, batch)
+    if invariance_weight > 0 and directions is not None and len(batch["invariance_pairs"][0]):
+        loss = loss + invariance_weight * invariance_loss(model, *batch["invariance_pairs"], directions, pixels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -270,9 +332,13 @@ def train(config: ClipTrainConfig, run_dir: Path, out_path: Path, *, progress: b
 
     last_save = time.monotonic()
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=config.name, disable=not progress)
+    directions = None
     for step in bar:
+        if config.invariance_weight > 0 and (directions is None or step % config.directions_every == 0):
+            directions = training_text_directions(model)
         loss = train_step(model, optimizer, training_batch(config, step), lr_at(step, config), head,
-                          config.attribute_weight)
+                          config.attribute_weight, pixels=config.pixels, directions=directions,
+                          invariance_weight=config.invariance_weight)
         losses.append(loss)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
