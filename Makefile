@@ -18,7 +18,7 @@ SEEDS ?=
 help:
 	@echo "make replicate   train, score and draw every shift of WORLD (mini by default; WORLD=paper needs make convert)"
 	@echo "                 narrow it with SHIFTS=\"mini--sketch\" METHODS=\"nada source\" SEEDS=\"0\""
-	@echo "                 RERUN_STALE=1 re-runs finished mini runs scored with other evaluator / eval-CLIP weights"
+	@echo "                 RERUN_STALE=1 re-runs finished mini runs trained or scored with other weights"
 	@echo "make -j2 mini-world  retrain the four shipped mini-world models (resumable; one thread per model)"
 	@echo "make mini-measure  re-measure the shipped mini-world models -> results/mini_world/"
 	@echo "make figures     redraw paper_figures/out/ from results/ only"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from replication.checkpoint import load_generator, sha256_file
+from replication.checkpoint import load_generator
 from replication.clip_models import ClipEncoder, load_clip
 from replication.config import NadaConfig, ShiftConfig, TaskConfig
 from replication.layer_select import apply_selection, select_layers
@@ -90,12 +90,23 @@ def adapt(G_src: Generator, shift: ShiftConfig, seed: int, run_dir: Path, *, enc
                     stop_at=stop_at, latent_avg=latent_avg, method=method)
 
 
+def run_weight_sha256(shift: ShiftConfig) -> dict[str, str]:
+    """sha256 of every weight file a run of `shift` reads: its generator and each guidance CLIP (a file path, or a
+    registry name whose file is present), keyed "generator:NAME" / "clip:NAME" as in each run's env.json."""
+    from replication import weights
+
+    shas = {f"generator:{shift.task.generator}": weights.file_sha256(resolve_generator_path(shift.task.generator))}
+    registered = weights.registry()
+    for name in shift.nada.clip_models:
+        if Path(name).is_file():
+            shas[f"clip:{name}"] = weights.file_sha256(Path(name))
+        elif name in registered and registered[name].path.is_file():
+            shas[f"clip:{name}"] = weights.verify(name)
+    return shas
+
+
 def load_source(shift: ShiftConfig, device: torch.device) -> tuple[Generator, torch.Tensor | None, dict[str, str]]:
     """Source generator of a shift, its latent average and the sha256 of every weight file the run will read."""
     path = resolve_generator_path(shift.task.generator)
     G_src, ckpt = load_generator(path, device=device, expected_resolution=shift.task.resolution)
-    shas = {f"generator:{shift.task.generator}": sha256_file(path)}
-    for name in shift.nada.clip_models:
-        if Path(name).is_file():
-            shas[f"clip:{name}"] = sha256_file(name)
-    return G_src, ckpt.latent_avg, shas
+    return G_src, ckpt.latent_avg, run_weight_sha256(shift)

@@ -24,22 +24,37 @@ def world_shifts(world: str) -> list[str]:
     return [name for name in available_shifts() if load_shift(name).task.world == world]
 
 
+def run_is_current(run_dir: Path, shift) -> bool:
+    """A finished mini run is current when it was trained on today's generator and guidance CLIP files (env.json)
+    and scored by today's evaluator and evaluation CLIP (metrics.jsonl)."""
+    import json
+
+    from metrics.calc import scorer_sha256, scores_are_current
+    from replication.nada import run_weight_sha256
+
+    try:
+        trained_on = json.loads((Path(run_dir) / "env.json").read_text(encoding="utf-8")).get("weights_sha256")
+    except (OSError, ValueError):
+        return False
+    return trained_on == run_weight_sha256(shift) and scores_are_current(run_dir, scorer_sha256())
+
+
 def run_one(shift_name: str, method: str, seed: int, outdir: Path, device: torch.device, n_eval: int,
             progress: bool, rerun_stale: bool = False) -> Path:
     """Train and score one run; a finished run is kept, unless its scores are stale and rerun_stale is set."""
     from baselines import METHODS
-    from metrics.calc import score_mini_run, scorer_sha256, scores_are_current, write_metrics
+    from metrics.calc import score_mini_run, write_metrics
     from replication.nada import load_source
     from replication.train import run_dir_for
 
     shift = load_shift(shift_name)
     run_dir = run_dir_for(outdir, shift.task.world, shift.task.name, method, seed)
     if is_done(run_dir) and (run_dir / "metrics.jsonl").is_file():
-        if shift.task.world != "mini" or not rerun_stale or scores_are_current(run_dir, scorer_sha256()):
+        if shift.task.world != "mini" or not rerun_stale or run_is_current(run_dir, shift):
             return run_dir
         # Runs keep no final weights (only samples), and every run is a pure function of its config and seed, so
         # re-scoring with new scorer models means training it again.
-        print(f"re-running {run_dir}: its scores came from other evaluator / evaluation-CLIP weights", flush=True)
+        print(f"re-running {run_dir}: it was trained or scored with other weights than the registry's", flush=True)
         shutil.rmtree(run_dir)
     G_src, latent_avg, shas = load_source(shift, device)
     G_tgt = METHODS[method](G_src, shift, seed, run_dir, weights_sha256=shas, progress=progress, latent_avg=latent_avg)
@@ -61,14 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--rerun-stale", action="store_true",
-                   help="re-run finished mini runs whose scores came from other evaluator / eval-CLIP weights")
+                   help="re-run finished mini runs trained or scored with other weights than the registry's")
     args = p.parse_args(argv)
     from baselines import METHODS
     from replication.checkpoint import CheckpointError
     from replication.clip_models import ClipModelError, PromptError
     from replication.nada import GeneratorNotFound
     from replication.weights import WeightError
-    from metrics.calc import scorer_sha256, scores_are_current
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     try:
@@ -82,15 +96,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{i + 1}/{len(jobs)}] {shift_name} {method} seed{seed}", flush=True)
             run_dir = run_one(shift_name, method, seed, args.outdir, device, args.n_eval, not args.no_progress,
                               args.rerun_stale)
-            if load_shift(shift_name).task.world == "mini" and not scores_are_current(run_dir, scorer_sha256()):
+            shift = load_shift(shift_name)
+            if shift.task.world == "mini" and not run_is_current(run_dir, shift):
                 stale.append(str(run_dir))
     except (ConfigError, CheckpointError, ClipModelError, PromptError, GeneratorNotFound, WeightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if stale:
-        print(f"warning: {len(stale)} finished run(s) were scored with other evaluator / evaluation-CLIP weights than "
-              f"the registry's (first: {stale[0]}); rerun with --rerun-stale (make replicate RERUN_STALE=1)",
-              file=sys.stderr)
+        print(f"warning: {len(stale)} finished run(s) were trained or scored with other weights than the registry's "
+              f"(first: {stale[0]}); redo them with --rerun-stale (make replicate RERUN_STALE=1)", file=sys.stderr)
     from results.collect import collect_rows, write_scores
 
     scores = write_scores(collect_rows(args.outdir), args.outdir.parent / "scores.csv")

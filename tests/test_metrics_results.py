@@ -101,3 +101,22 @@ def test_stale_scores_are_found_by_scorer_sha256(tmp_path):
     assert not scores_are_current(tmp_path, current)
     write_metrics(tmp_path, [{"metric": "m", "value": 1.0}])  # scored before the provenance was recorded
     assert not scores_are_current(tmp_path, current)
+
+
+def test_a_mini_run_is_current_only_for_todays_generator_clip_and_scorers(tmp_path):
+    from metrics.calc import scorer_sha256, write_metrics
+    from replication.config import load_shift
+    from replication.nada import run_weight_sha256
+    from replication.replicate import run_is_current
+
+    shift = load_shift("mini--sketch")
+    trained_on = run_weight_sha256(shift)
+    # the guidance CLIP is a registry name, and its file's hash is part of what a run depends on
+    assert set(trained_on) == {"generator:mini-stylegan2", "clip:mini-clip-a"}
+    (tmp_path / "env.json").write_text(json.dumps({"weights_sha256": trained_on}))
+    write_metrics(tmp_path, [{"metric": "m", "value": 1.0, "scorers": scorer_sha256()}])
+    assert run_is_current(tmp_path, shift)
+    (tmp_path / "env.json").write_text(json.dumps({"weights_sha256": dict(trained_on, **{"clip:mini-clip-a": "0" * 64})}))
+    assert not run_is_current(tmp_path, shift)
+    (tmp_path / "env.json").unlink()
+    assert not run_is_current(tmp_path, shift)
