@@ -226,3 +226,14 @@ def test_measure_writes_scores_and_grid_with_an_evaluator(tmp_path):
     from PIL import Image
 
     assert Image.open(tmp_path / "grid.png").size == (8 * 128, 4 * 128)
+
+
+def test_memorise_probe_fits_fixed_renders_and_writes_its_report(tmp_path, capsys):
+    report = tg.memorise_probe(n_images=1, steps=15, lr=5e-3, grid_path=tmp_path / "m.png")
+    first, last = report["log"][0], report["log"][-1]
+    assert last["step"] == 14 and last["pixel"] < 0.5 * first["pixel"]  # a fresh G moves toward its one target
+    assert report["final_paired_l1"] < first["pixel"] and report["gradient_energy_ratio"] > 0
+    assert (tmp_path / "m.png").stat().st_size > 0
+    assert tg.main(["memorise", "--steps", "0", "--out", str(tmp_path / "x.json")]) == 2
+    assert "error: memorise needs" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
