@@ -34,7 +34,8 @@ def test_every_shipped_model_loads():
 
 def test_short_nada_run_on_the_shipped_models_moves_toward_sketch(tmp_path):
     torch.set_num_threads(1)
-    # At the shift's lr 0.002, 50 steps reach a mean cosine of 0.34 with the shipped models (25 steps: 0.27); an
+    # At the shift's lr 0.002, 50 steps reach a mean cosine of 0.21 with the shipped models (CLIP A retrained
+    # 2026-11-30 to ignore colour-only edits, so a colour shift no longer counts; the earlier CLIP gave 0.34); an
     # untrained G_tgt gives 0 and a step in a wrong direction gives a negative cosine.
     shift = load_shift("mini--sketch", {"nada": {"iterations": 50, "output_interval": 1000, "save_interval": 0}})
     G_src, _ = load_generator(resolve_generator_path("mini-stylegan2"))
@@ -46,4 +47,4 @@ def test_short_nada_run_on_the_shipped_models_moves_toward_sketch(tmp_path):
         x_t, _ = G_tgt([z], noise_mode="const")
         d = text_direction(clip, "photo", "sketch")
         cos = torch.nn.functional.cosine_similarity(clip.image_features(x_t) - clip.image_features(x_s), d).mean()
-    assert cos > 0.3, float(cos)
+    assert cos > 0.15, float(cos)
