@@ -349,3 +349,24 @@ def test_collapse_blindness_is_one_for_a_single_pair_and_lower_for_the_shipped_a
     scores = train_clip.direction_scores(encoder, n_pairs=16)
     assert scores["collapse_blindness"] < 0.88
     assert all(0.0 < v["within_target_mean_pairwise_cosine"] < 1.0 for v in scores["per_target"].values())
+
+
+def test_attribute_probe_reads_an_embedding_that_carries_the_attributes():
+    """The probe must find attributes that are linearly present and report about 0 for ones that are not."""
+    data = heldout_set(600)  # 450 to fit 12 coefficients, 150 to score
+    targets = train_clip.attribute_targets(data["attrs"])
+
+    class Fake:
+        seen = 0
+
+        def image_features(self, images):  # a stand-in encoder: the first five attributes plus noise dimensions
+            rows = torch.arange(self.seen, self.seen + len(images))
+            self.seen += len(images)
+            noise = 0.1 * torch.randn(len(images), 6, generator=_gen(int(rows[0])))
+            constant = torch.full((len(images), 1), 10.0)  # keeps the norm nearly fixed: normalising stays linear
+            return torch.nn.functional.normalize(torch.cat([targets[rows, :5], noise, constant], 1), dim=-1)
+
+    r2 = train_clip.attribute_probe_r2(Fake(), data)
+    names = train_clip.GEOMETRY_ATTRIBUTES
+    assert all(r2[n] > 0.8 for n in names[:5]), r2
+    assert all(r2[n] < 0.2 for n in names[5:]), r2
