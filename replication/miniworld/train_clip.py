@@ -104,8 +104,8 @@ class ClipTrainConfig:
     init_sha256: str = ""
     # Pixels the image tower sees. "clip": CLIP's mean/std normalisation of [0, 1] images, exactly what ClipEncoder
     # (NADA's losses, the metrics) feeds the model. "raw": the [-1, 1] render itself; stage 1 was trained that way,
-    # and measured through ClipEncoder that mismatch cost CLIP A 7 points of character accuracy (92.5% vs 99.7%
-    # fed raw) and 7 of glasses, so stage 2 switches to "clip".
+    # and every user sees the model through ClipEncoder, where raw-trained CLIPs read characters and glasses worse
+    # than when fed raw pixels (issue note of 2026-11-30), so stage 2 switches to "clip".
     pixels: str = "raw"
     # Weight of a colour-invariance term: photo+human renders x and colour-only edits x' of them (strong hue shifts,
     # greyscale, tints: the negatives bar's kinds) give a difference unit(E(x') - E(x)) whose squared cosine with
