@@ -169,9 +169,12 @@ def test_three_steps_lower_the_loss_on_a_fixed_batch():
     assert loss_now() < before - 0.01
 
 
-def test_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("invariance", [0.0, 5.0])
+def test_training_resumes_to_the_same_weights(tmp_path, monkeypatch, invariance):
+    # with the invariance term, the crash falls between two refreshes of its text directions (every 5 steps)
     config = ClipTrainConfig(name="tiny", architecture=TINY, seed=3, steps=3, batch_size=4, warmup_steps=1,
-                             checkpoint_every_s=0.0)
+                             checkpoint_every_s=0.0, pixels="clip" if invariance else "raw",
+                             invariance_weight=invariance, invariance_pairs=6, directions_every=5)
     train(config, tmp_path / "straight", tmp_path / "straight.pt", progress=False)
 
     real_step = train_clip.train_step

@@ -317,6 +317,9 @@ def train(config: ClipTrainConfig, run_dir: Path, out_path: Path, *, progress: b
         model.add_module("attribute_head", head)  # optimised and checkpointed with the model; dropped on export
     optimizer = make_optimizer(model, config)
     start, losses = 0, []
+    # the invariance term's text directions, refreshed every directions_every steps; kept in the state so a resumed
+    # run uses the directions a straight run would
+    held: dict[str, torch.Tensor | None] = {"directions": None}
     if state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         if state["config"] != json.loads(json.dumps(asdict(config))):
@@ -325,19 +328,20 @@ def train(config: ClipTrainConfig, run_dir: Path, out_path: Path, *, progress: b
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, losses = int(state["step"]), list(state["losses"])
+        held["directions"] = state.get("directions")
 
     def save_state(step: int) -> None:
         atomic_torch_save({"config": json.loads(json.dumps(asdict(config))), "model": model.state_dict(),
-                           "optimizer": optimizer.state_dict(), "step": step, "losses": losses}, state_path)
+                           "optimizer": optimizer.state_dict(), "step": step, "losses": losses,
+                           "directions": held["directions"]}, state_path)
 
     last_save = time.monotonic()
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=config.name, disable=not progress)
-    directions = None
     for step in bar:
-        if config.invariance_weight > 0 and (directions is None or step % config.directions_every == 0):
-            directions = training_text_directions(model)
+        if config.invariance_weight > 0 and (held["directions"] is None or step % config.directions_every == 0):
+            held["directions"] = training_text_directions(model)
         loss = train_step(model, optimizer, training_batch(config, step), lr_at(step, config), head,
-                          config.attribute_weight, pixels=config.pixels, directions=directions,
+                          config.attribute_weight, pixels=config.pixels, directions=held["directions"],
                           invariance_weight=config.invariance_weight)
         losses.append(loss)
         if step % 10 == 0:
