@@ -5,7 +5,8 @@ The renderer is known, so the generator is trained by distillation rather than a
 render(latent_to_attributes(z), "photo", "human") with pixel, multi-scale, gradient and perceptual terms. That map is
 then the ground truth of every sample: G_src(z) shows the face whose attributes are latent_to_attributes(z).
 
-    python -m replication.miniworld.train_generator train     # resumable, ~20-25 min on one CPU thread
+    python -m replication.miniworld.train_generator train     # stage 1: resumable, ~20-25 min on one CPU thread
+    make mini-world-generator                                 # stage 1, then the long stage 2 the shipped one had
     python -m replication.miniworld.train_generator measure   # -> results/mini_world/generator.json + sample grid
 """
 from __future__ import annotations
@@ -201,12 +202,14 @@ class TrainGeneratorConfig:
     channels: tuple[tuple[int, int], ...] = ((4, 128), (8, 128), (16, 128), (32, 64), (64, 32))
     loss: LossWeights = LossWeights()
     # Warm start: a checkpoint of this recipe (repo-relative path) whose g_ema initialises G and G_ema, and its sha256.
-    # The shipped generator is stage 1 (2,400 steps from scratch) continued by stage 2 from it; see `make mini-world`.
+    # The shipped generator is stage 1 (these defaults, from scratch) continued by a long stage 2 from it (distillation
+    # only, 16,000 steps at lr 5e-3); `make mini-world-generator` runs both.
     init_weights: str = ""
     init_sha256: str = ""
     # Adversarial term (pix2pix-style: the paired distillation keeps G(z) on its render, a small StyleGAN2
     # discriminator judging single images removes the blur that the regression leaves on eyes, mouths and glasses).
-    # 0 turns it off; the shipped stage 2 uses it.
+    # 0 turns it off. Not used by the shipped generator: 800 steps at 0.1 from stage 1 drew striped artefacts where
+    # the eyes are (measured 2026-12-01, see the issue note).
     adversarial: float = 0.0
     d_lr: float = 2e-3
     r1_gamma: float = 0.05
@@ -284,7 +287,7 @@ def build_models(cfg: TrainGeneratorConfig) -> tuple[Generator, Generator]:
 
 @dataclass
 class Adversary:
-    """The discriminator, its optimiser and the settings of the adversarial term (stage 2 only)."""
+    """The discriminator, its optimiser and the settings of the optional adversarial term."""
 
     D: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -677,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (cosine decay)")
     train.add_argument("--adversarial", type=float, default=defaults.adversarial,
-                       help="weight of the discriminator term (0 = distillation only; stage 2 uses 0.05)")
+                       help="weight of the discriminator term (0 = distillation only, as the shipped generator)")
     train.add_argument("--init", type=Path, default=None,
                        help="warm-start from this checkpoint of the recipe (stage 2 of the shipped generator)")
     train.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
