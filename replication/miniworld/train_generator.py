@@ -504,6 +504,25 @@ def _find_min_domain_fid(record: Any) -> float | None:
     return None
 
 
+def latent_sensitivity(G: Generator, z: Tensor) -> dict[str, float]:
+    """Per attribute: how much G's image moves when only that attribute changes, as a fraction of how much the render
+    moves (mean absolute pixel change; 1 = G follows the attribute as the renderer does, 0 = G ignores it).
+
+    Attribute i is redrawn by swapping z_i with z_13, the first latent coordinate that carries no attribute: |z| and
+    every other coordinate stay put, so latent_to_attributes changes attribute i alone. Tells which attributes the
+    distillation has not learned yet, without any evaluator.
+    """
+    before, target_before = sample_generator(G, z), target_images(z)
+    out = {}
+    for i, name in enumerate(ATTRIBUTE_NAMES):
+        moved = z.clone()
+        moved[:, [i, NUM_ATTRIBUTES]] = z[:, [NUM_ATTRIBUTES, i]]
+        g_change = (sample_generator(G, moved) - before).abs().mean()
+        r_change = (target_images(moved) - target_before).abs().mean().clamp_min(1e-12)
+        out[name] = float(g_change / r_change)
+    return out
+
+
 def _evaluator_scores(evaluator_path: Path, evaluator_results: Path, fake: Tensor, paired_real: Tensor,
                       reference_real: Tensor, true_attrs: Tensor) -> dict[str, Any]:
     from replication.miniworld.attributes import CHARACTERS, STYLES
@@ -601,6 +620,7 @@ def measure_generator(weights: Path, *, evaluator_path: Path | None = DEFAULT_EV
         "paired_lpips_random_alex": lp,
         "paired_edge_correlation": edge_correlation(fake, paired_real),
         "gradient_energy_ratio": _gradient_energy(fake) / _gradient_energy(paired_real),
+        "latent_sensitivity_ratio": latent_sensitivity(G, z[:64]),
     }
     if grid_path is not None:
         save_sample_grid(grid_path, G, z[:16])
