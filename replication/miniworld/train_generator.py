@@ -504,19 +504,27 @@ def _find_min_domain_fid(record: Any) -> float | None:
     return None
 
 
+def redraw_attribute(z: Tensor, index: int) -> Tensor:
+    """z with attribute `index` alone redrawn: z_index swapped with z_13, the first coordinate that carries no attribute.
+
+    |z| and every other coordinate stay put, so latent_to_attributes changes attribute `index` and nothing else.
+    """
+    moved = z.clone()
+    moved[:, [index, NUM_ATTRIBUTES]] = z[:, [NUM_ATTRIBUTES, index]]
+    return moved
+
+
 def latent_sensitivity(G: Generator, z: Tensor) -> dict[str, float]:
     """Per attribute: how much G's image moves when only that attribute changes, as a fraction of how much the render
     moves (mean absolute pixel change; 1 = G follows the attribute as the renderer does, 0 = G ignores it).
 
-    Attribute i is redrawn by swapping z_i with z_13, the first latent coordinate that carries no attribute: |z| and
-    every other coordinate stay put, so latent_to_attributes changes attribute i alone. Tells which attributes the
-    distillation has not learned yet, without any evaluator.
+    Each attribute is changed alone (`redraw_attribute`). Tells which attributes the distillation has not learned yet,
+    without any evaluator.
     """
     before, target_before = sample_generator(G, z), target_images(z)
     out = {}
     for i, name in enumerate(ATTRIBUTE_NAMES):
-        moved = z.clone()
-        moved[:, [i, NUM_ATTRIBUTES]] = z[:, [NUM_ATTRIBUTES, i]]
+        moved = redraw_attribute(z, i)
         g_change = (sample_generator(G, moved) - before).abs().mean()
         r_change = (target_images(moved) - target_before).abs().mean().clamp_min(1e-12)
         out[name] = float(g_change / r_change)
