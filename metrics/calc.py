@@ -38,19 +38,36 @@ def eval_latents(shift: ShiftConfig, style_dim: int, n: int | None = None) -> to
     return latents_from_seeds(range(start, stop), style_dim, torch.device("cpu"))
 
 
+def _clip_tag(name: str) -> str:
+    """Metric-name form of a CLIP name: "mini-clip-a" -> "miniclipa", "ViT-B/32" -> "vitb32"."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
 @torch.no_grad()
-def clip_scores(G_src, G_tgt, z: torch.Tensor, encoder, source_text: str, target_text: str) -> dict[str, float]:
-    """Directional CLIP similarity (image-pair direction vs 79-template text direction) and target-text similarity."""
+def clip_scores(G_src, G_tgt, z: torch.Tensor, encoder, source_text: str, target_text: str,
+                x_true: torch.Tensor | None = None) -> dict[str, float]:
+    """Directional CLIP similarity (image-pair direction vs 79-template text direction) and target-text similarity.
+
+    With `x_true` (the true target image of each latent, mini world) also `truth_clip_dir`: the same directional
+    similarity had G_tgt drawn exactly the truth. Where clip_dir exceeds it, this CLIP's directional loss prefers the
+    adapted images to the true target domain, so no amount of training toward it reaches the truth.
+    """
     from metrics.miniworld import sample
     from replication.losses import text_direction
 
     x_src, x_tgt = sample(G_src, z), sample(G_tgt, z)
     direction = text_direction(encoder, source_text, target_text)
     f_src, f_tgt = encoder.image_features(x_src), encoder.image_features(x_tgt)
-    edit = torch.nn.functional.normalize(f_tgt - f_src, dim=-1, eps=1e-12)
+
+    def directional(f_to: torch.Tensor) -> float:
+        edit = torch.nn.functional.normalize(f_to - f_src, dim=-1, eps=1e-12)
+        return torch.nn.functional.cosine_similarity(edit, direction).mean().item()
+
     text = encoder.text_features([f"a {target_text}"])
-    return {"clip_dir": torch.nn.functional.cosine_similarity(edit, direction).mean().item(),
-            "clip_target_sim": (f_tgt @ text.T).mean().item()}
+    out = {"clip_dir": directional(f_tgt), "clip_target_sim": (f_tgt @ text.T).mean().item()}
+    if x_true is not None:
+        out["truth_clip_dir"] = directional(encoder.image_features(x_true))
+    return out
 
 
 def score_mini_run(G_src, G_tgt, shift: ShiftConfig, n: int = 500) -> list[dict]:
@@ -62,6 +79,7 @@ def score_mini_run(G_src, G_tgt, shift: ShiftConfig, n: int = 500) -> list[dict]
     from replication.miniworld.render import render
     from replication.miniworld.train_generator import latent_to_attributes
 
+    task = shift.task
     kind = mini_shift(shift.task.source_text, shift.task.target_text)
     z = eval_latents(shift, G_src.style_dim, n)
     from replication import weights
@@ -76,9 +94,19 @@ def score_mini_run(G_src, G_tgt, shift: ShiftConfig, n: int = 500) -> list[dict]
     fake = sample(G_tgt, z)
     fid = frechet_distance(evaluator.features(fake).cpu().numpy(), evaluator.features(real).cpu().numpy())
     rows.append(dict(metric=f"mini_fid_evaluator_n{n}", value=fid, n_samples=n, protocol="evaluator-v1 penultimate"))
+    x_true = render(latent_to_attributes(z), kind.target_style, kind.target_character)
     encoder = load_clip(EVAL_CLIP_MINI)
-    for k, v in clip_scores(G_src, G_tgt, z, encoder, shift.task.source_text, shift.task.target_text).items():
-        rows.append(dict(metric=f"{k}_miniclipb_n{n}", value=v, n_samples=n, protocol="eval CLIP mini-clip-b"))
+    for k, v in clip_scores(G_src, G_tgt, z, encoder, task.source_text, task.target_text, x_true).items():
+        rows.append(dict(metric=f"{k}_{_clip_tag(EVAL_CLIP_MINI)}_n{n}", value=v, n_samples=n,
+                         protocol=f"eval CLIP {EVAL_CLIP_MINI}"))
+    # The guidance CLIPs' own view: does the loss the run descended prefer its result to the true target?
+    for name in shift.nada.clip_models:
+        if name == EVAL_CLIP_MINI:
+            continue
+        scores = clip_scores(G_src, G_tgt, z, load_clip(name), task.source_text, task.target_text, x_true)
+        for k in ("clip_dir", "truth_clip_dir"):
+            rows.append(dict(metric=f"train_{k}_{_clip_tag(name)}_n{n}", value=scores[k], n_samples=n,
+                             protocol=f"guidance CLIP {name}"))
     scorers = scorer_sha256()
     return [dict(row, scorers=scorers) for row in rows]
 

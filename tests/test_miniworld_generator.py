@@ -70,6 +70,28 @@ def test_distillation_loss_is_zero_only_for_identical_images():
     assert float(loss) > 0 and terms["gradient"] > 0
 
 
+def test_mouth_mask_marks_exactly_where_the_smile_changes_the_render():
+    attrs = tg.latent_to_attributes(tg.draw_latents(6, 16, seed=3))
+    mask = tg.mouth_mask(attrs)
+    assert mask.shape == (6, 1, 64, 64) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    # every pixel a smile change moves is inside the mask; the mask is a small part of the face, not the image
+    other = attrs.clone()
+    other[:, ATTRIBUTE_INDEX["smile"]] = 1.0 - other[:, ATTRIBUTE_INDEX["smile"]]
+    moved = (tg.render(attrs, "photo", "human") - tg.render(other, "photo", "human")).abs().amax(1, keepdim=True) > 0.1
+    assert bool((mask[moved] == 1).all()) and moved.any()
+    assert 0.005 < float(mask.mean()) < 0.15
+    # the term sees only masked pixels: damage outside the mouth leaves it at zero
+    real = tg.render(attrs, "photo", "human")
+    damaged = real + (1 - mask) * 0.5
+    weights = tg.LossWeights(mouth=1.0)
+    _, terms = tg.distillation_loss(damaged, real, weights, None, mask)
+    assert terms["mouth"] == 0.0 and terms["pixel"] > 0
+    _, terms = tg.distillation_loss(real + mask * 0.5, real, weights, None, mask)
+    assert abs(terms["mouth"] - 0.5) < 1e-5
+    with pytest.raises(tg.GeneratorRecipeError, match="mouth mask"):
+        tg.distillation_loss(real, real, weights, None)
+
+
 def test_three_training_steps_lower_the_loss_on_a_fixed_batch():
     cfg = _tiny_config()
     G, _ = tg.build_models(cfg)

@@ -1,4 +1,6 @@
 """The shipped mini-world checkpoints load through the registry (sha256-checked) and NADA adapts the shipped generator."""
+import copy
+
 import pytest
 import torch
 
@@ -48,3 +50,25 @@ def test_short_nada_run_on_the_shipped_models_moves_toward_sketch(tmp_path):
         d = text_direction(clip, "photo", "sketch")
         cos = torch.nn.functional.cosine_similarity(clip.image_features(x_t) - clip.image_features(x_s), d).mean()
     assert cos > 0.15, float(cos)
+
+
+def test_truth_clip_dir_scores_the_true_target_like_an_adapted_generator():
+    from metrics.calc import clip_scores
+    from metrics.miniworld import sample
+    from replication.miniworld.render import render
+    from replication.miniworld.train_generator import latent_to_attributes
+
+    torch.set_num_threads(1)
+    G_src, _ = load_generator(resolve_generator_path("mini-stylegan2"))
+    clip = load_clip("mini-clip-a")
+    z = torch.randn(16, G_src.style_dim, generator=torch.Generator().manual_seed(4))
+    true_sketch = render(latent_to_attributes(z), "sketch", "human")
+    scores = clip_scores(G_src, G_src, z, clip, "photo", "sketch", true_sketch)
+    # an unchanged G_tgt has no direction at all; the true sketches lie along the text direction (0.70 measured)
+    assert scores["clip_dir"] == 0.0 and scores["truth_clip_dir"] > 0.5, scores
+    # the truth is scored exactly as G_tgt is: handing G_tgt's own images as the truth gives the same number
+    G_tgt = copy.deepcopy(G_src)
+    with torch.no_grad():
+        G_tgt.to_rgb1.bias.add_(0.3)
+    same = clip_scores(G_src, G_tgt, z, clip, "photo", "sketch", sample(G_tgt, z))
+    assert abs(same["truth_clip_dir"] - same["clip_dir"]) < 1e-6 and same["clip_dir"] != 0.0
