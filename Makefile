@@ -19,6 +19,7 @@ help:
 	@echo "make replicate   train, score and draw every shift of WORLD (mini by default; WORLD=paper needs make convert)"
 	@echo "                 narrow it with SHIFTS=\"mini--sketch\" METHODS=\"nada source\" SEEDS=\"0\""
 	@echo "                 RERUN_STALE=1 re-runs finished mini runs trained or scored with other weights"
+	@echo "                 RESCORE=1 scores finished mini runs again from their saved final generator (new metrics)"
 	@echo "make -j2 mini-world  retrain the four shipped mini-world models (resumable; one thread per model)"
 	@echo "make mini-measure  re-measure the shipped mini-world models -> results/mini_world/"
 	@echo "make figures     redraw paper_figures/out/ from results/ only"
@@ -61,7 +62,7 @@ crosscheck: env env-legacy
 
 replicate: env
 	$(PY) -m replication.replicate --world $(WORLD) $(if $(SHIFTS),--shifts $(SHIFTS)) \
-		$(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(RERUN_STALE),--rerun-stale)
+		$(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(RERUN_STALE),--rerun-stale) $(if $(RESCORE),--rescore)
 
 # Each CLIP is two resumable stages: stage 1 lands in artifacts/ (git-ignored), stage 2 (anchored) starts from it.
 # The four models are independent one-thread jobs: `make -j2 mini-world` trains two at a time on a 2-core machine.

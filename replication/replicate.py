@@ -24,24 +24,40 @@ def world_shifts(world: str) -> list[str]:
     return [name for name in available_shifts() if load_shift(name).task.world == world]
 
 
-def run_is_current(run_dir: Path, shift) -> bool:
-    """A finished mini run is current when it was trained on today's generator and guidance CLIP files (env.json)
-    and scored by today's evaluator and evaluation CLIP (metrics.jsonl)."""
+def trained_on_current_weights(run_dir: Path, shift) -> bool:
+    """True when the run's env.json records today's generator and guidance CLIP files."""
     import json
 
-    from metrics.calc import scorer_sha256, scores_are_current
     from replication.nada import run_weight_sha256
 
     try:
         trained_on = json.loads((Path(run_dir) / "env.json").read_text(encoding="utf-8")).get("weights_sha256")
     except (OSError, ValueError):
         return False
-    return trained_on == run_weight_sha256(shift) and scores_are_current(run_dir, scorer_sha256())
+    return trained_on == run_weight_sha256(shift)
+
+
+def run_is_current(run_dir: Path, shift) -> bool:
+    """A finished mini run is current when it was trained on today's generator and guidance CLIP files (env.json)
+    and scored by today's evaluator and evaluation CLIP (metrics.jsonl)."""
+    from metrics.calc import scorer_sha256, scores_are_current
+
+    return trained_on_current_weights(run_dir, shift) and scores_are_current(run_dir, scorer_sha256())
+
+
+def can_rescore(run_dir: Path, shift, method: str) -> bool:
+    """A finished mini run can be scored again without training when it was trained on today's weights and its final
+    generator is still on disk (runs keep it locally; a clone has only the samples) or it is the source baseline."""
+    from replication.training_loop import FINAL_NAME
+
+    return (shift.task.world == "mini" and trained_on_current_weights(run_dir, shift)
+            and (method == "source" or (Path(run_dir) / "checkpoints" / FINAL_NAME).is_file()))
 
 
 def run_one(shift_name: str, method: str, seed: int, outdir: Path, device: torch.device, n_eval: int,
-            progress: bool, rerun_stale: bool = False) -> Path:
-    """Train and score one run; a finished run is kept, unless its scores are stale and rerun_stale is set."""
+            progress: bool, rerun_stale: bool = False, rescore: bool = False) -> Path:
+    """Train and score one run; a finished run is kept, unless its scores are stale and rerun_stale is set, or
+    rescore is set and it can be scored again from its saved final generator (new metrics, no retraining)."""
     from baselines import METHODS
     from metrics.calc import score_mini_run, write_metrics
     from replication.nada import load_source
@@ -49,7 +65,7 @@ def run_one(shift_name: str, method: str, seed: int, outdir: Path, device: torch
 
     shift = load_shift(shift_name)
     run_dir = run_dir_for(outdir, shift.task.world, shift.task.name, method, seed)
-    if is_done(run_dir) and (run_dir / "metrics.jsonl").is_file():
+    if is_done(run_dir) and (run_dir / "metrics.jsonl").is_file() and not (rescore and can_rescore(run_dir, shift, method)):
         if shift.task.world != "mini" or not rerun_stale or run_is_current(run_dir, shift):
             return run_dir
         # Runs keep no final weights (only samples), and every run is a pure function of its config and seed, so
@@ -77,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--rerun-stale", action="store_true",
                    help="re-run finished mini runs trained or scored with other weights than the registry's")
+    p.add_argument("--rescore", action="store_true",
+                   help="score finished mini runs again from their saved final generator (after a metric is added)")
     args = p.parse_args(argv)
     from baselines import METHODS
     from replication.checkpoint import CheckpointError
@@ -95,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, (shift_name, method, seed) in enumerate(jobs):
             print(f"[{i + 1}/{len(jobs)}] {shift_name} {method} seed{seed}", flush=True)
             run_dir = run_one(shift_name, method, seed, args.outdir, device, args.n_eval, not args.no_progress,
-                              args.rerun_stale)
+                              args.rerun_stale, args.rescore)
             shift = load_shift(shift_name)
             if shift.task.world == "mini" and not run_is_current(run_dir, shift):
                 stale.append(str(run_dir))

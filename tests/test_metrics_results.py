@@ -120,3 +120,23 @@ def test_a_mini_run_is_current_only_for_todays_generator_clip_and_scorers(tmp_pa
     assert not run_is_current(tmp_path, shift)
     (tmp_path / "env.json").unlink()
     assert not run_is_current(tmp_path, shift)
+
+
+def test_rescore_scores_a_finished_run_again_without_training(tmp_path):
+    import torch
+
+    from replication.config import load_shift
+    from replication.replicate import can_rescore, run_one
+
+    torch.set_num_threads(1)
+    shift = load_shift("mini--sketch")
+    run_dir = run_one("mini--sketch", "source", 0, tmp_path, torch.device("cpu"), n_eval=8, progress=False)
+    metrics = run_dir / "metrics.jsonl"
+    first = metrics.read_text()
+    assert "truth_clip_dir_miniclipb_n8" in first and "train_truth_clip_dir_miniclipa_n8" in first
+    metrics.write_text('{"metric": "old", "value": 0.0}\n')  # scored by an older metric set
+    run_one("mini--sketch", "source", 0, tmp_path, torch.device("cpu"), n_eval=8, progress=False)
+    assert "old" in metrics.read_text()  # a finished run is kept as it is ...
+    assert can_rescore(run_dir, shift, "source") and not can_rescore(run_dir, shift, "nada")  # nada: no G_tgt.pt
+    run_one("mini--sketch", "source", 0, tmp_path, torch.device("cpu"), n_eval=8, progress=False, rescore=True)
+    assert metrics.read_text() == first  # ... unless asked to rescore, which reproduces the scores exactly
