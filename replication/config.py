@@ -82,6 +82,16 @@ def _coerce(cls: type, section: str, raw: dict[str, Any], source: str) -> Any:
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {unknown} in [{section}]; valid keys: {sorted(known)}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    for key, value in values.items():
+        default = known[key].default
+        if default is dataclasses.MISSING or default is None:
+            continue
+        # TOML has no float/int distinction a user thinks about: 1 is a fine learning rate, True is not a batch size
+        fits = (isinstance(value, (int, float)) and not isinstance(value, bool) if type(default) is float else
+                isinstance(value, type(default)) and (type(default) is bool or not isinstance(value, bool)))
+        if not fits:
+            raise ConfigError(f"{source}: [{section}] {key} must be a {type(default).__name__} like {default!r}, "
+                              f"got {value!r}")
     try:
         return cls(**values)
     except TypeError as exc:  # a required key is missing

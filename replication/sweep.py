@@ -1,0 +1,177 @@
+"""CLI: a hyper-parameter sweep of a method over mini shifts from one TOML file -> results/sweeps/<name>.{csv,md}.
+
+    python -m replication.sweep replication/sweeps/mini-nada.toml            # train, score, tabulate (resumable)
+    python -m replication.sweep replication/sweeps/mini-nada.toml --only default lr0.004 --seeds 0 1
+
+The file lists `shifts`, `seeds`, `n_eval` and [[variant]] tables, each with a `name` and a `nada` table of overrides
+of the shift's [nada] section. Runs live in results/sweeps/<name>/mini/<shift>/<variant>/seed<k>/ exactly like
+`make replicate` runs, are scored by the same function, and a finished run is kept.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from replication.config import ConfigError, load_shift
+from replication.runio import REPO_ROOT, atomic_write_text, is_done
+
+SWEEPS_OUT = REPO_ROOT / "results" / "sweeps"
+# Headline metrics of the table: (column, stored metric prefix); "_src" columns are the unadapted generator's.
+TABLE_COLUMNS = (("target", "mini_target_accuracy"), ("kept", "mini_kept_label_accuracy"),
+                 ("R^2 ratio", "mini_attr_r2_ratio"), ("edge corr", "mini_edge_corr_true"),
+                 ("edge corr src", "mini_edge_corr_true_src"), ("paired L1", "mini_paired_l1"),
+                 ("spread", "mini_pixel_spread_ratio"), ("guidance clip_dir", "train_clip_dir_miniclipa"),
+                 ("... at the truth", "train_truth_clip_dir_miniclipa"))
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_-]*$")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One point of a sweep: a folder-safe name and the [nada] overrides it applies to every shift."""
+
+    name: str
+    nada: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep file: its stem names the output; every variant runs on every shift and seed."""
+
+    name: str
+    shifts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    n_eval: int
+    variants: tuple[Variant, ...]
+
+
+def load_sweep(path: Path) -> Sweep:
+    """Parse and check a sweep TOML: unknown keys, bad names and overrides that no shift accepts are ConfigErrors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} does not exist; see replication/sweeps/ for examples")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    unknown = sorted(set(data) - {"shifts", "seeds", "n_eval", "variant"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; valid: shifts, seeds, n_eval, [[variant]]")
+    variants = []
+    for raw in data.get("variant", []):
+        extra = sorted(set(raw) - {"name", "nada"})
+        name = str(raw.get("name", ""))
+        if extra or not NAME_PATTERN.match(name):
+            raise ConfigError(f"{path}: each [[variant]] needs a folder-safe `name` (letters, digits, . + _ -) and "
+                              f"an optional `nada` table; got name {name!r}, extra keys {extra}")
+        variants.append(Variant(name, dict(raw.get("nada", {}))))
+    names = [v.name for v in variants]
+    if not variants or len(set(names)) != len(names):
+        raise ConfigError(f"{path}: needs at least one [[variant]] and distinct names, got {names}")
+    sweep = Sweep(path.stem, tuple(data.get("shifts", ())), tuple(int(s) for s in data.get("seeds", (0,))),
+                  int(data.get("n_eval", 500)), tuple(variants))
+    if not sweep.shifts:
+        raise ConfigError(f"{path}: `shifts` must list at least one mini shift")
+    for shift_name in sweep.shifts:
+        for variant in sweep.variants:  # every override is validated before anything trains
+            shift = load_shift(shift_name, {"nada": variant.nada})
+            if shift.task.world != "mini":
+                raise ConfigError(f"{path}: {shift_name} is a {shift.task.world}-world shift; sweeps score against "
+                                  "the mini world's ground truth, so list mini shifts only")
+    return sweep
+
+
+def run_variant(sweep: Sweep, shift_name: str, variant: Variant, seed: int, outdir: Path, *,
+                progress: bool = True) -> Path:
+    """Train (or keep) and score one run of the sweep; returns its run folder."""
+    from metrics.calc import score_mini_run, write_metrics
+    from replication.nada import adapt, load_source
+    from replication.train import run_dir_for
+
+    shift = load_shift(shift_name, {"nada": variant.nada})
+    run_dir = run_dir_for(outdir / sweep.name, "mini", shift.task.name, variant.name, seed)
+    if is_done(run_dir) and (run_dir / "metrics.jsonl").is_file():
+        return run_dir
+    G_src, latent_avg, shas = load_source(shift, torch.device("cpu"))
+    G_tgt = adapt(G_src, shift, seed, run_dir, weights_sha256=shas, progress=progress, latent_avg=latent_avg,
+                  method=f"nada[{variant.name}]")
+    write_metrics(run_dir, score_mini_run(G_src, G_tgt.eval(), shift, n=sweep.n_eval))
+    return run_dir
+
+
+def _metric_value(rows: list[dict], prefix: str) -> float | None:
+    for row in rows:
+        if re.fullmatch(re.escape(prefix) + r"_n\d+", row["metric"]):
+            return float(row["value"])
+    return None
+
+
+def table_markdown(sweep: Sweep, outdir: Path) -> str:
+    """One row per finished (shift, variant, seed): the headline scores and the training seconds."""
+    header = ["shift", "variant", "seed", *[c for c, _ in TABLE_COLUMNS], "train s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for shift_name in sweep.shifts:
+        for variant in sweep.variants:
+            for seed in sweep.seeds:
+                run_dir = outdir / sweep.name / "mini" / shift_name / variant.name / f"seed{seed}"
+                if not (is_done(run_dir) and (run_dir / "metrics.jsonl").is_file()):
+                    continue
+                rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+                seconds = json.loads((run_dir / "DONE").read_text() or "{}").get("seconds")
+                cells = [_metric_value(rows, prefix) for _, prefix in TABLE_COLUMNS]
+                lines.append("| " + " | ".join([shift_name, variant.name, str(seed),
+                                                *["" if v is None else f"{v:.2f}" for v in cells],
+                                                "" if seconds is None else f"{seconds:.0f}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m replication.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep", type=Path, help="sweep TOML (replication/sweeps/*.toml)")
+    p.add_argument("--only", nargs="*", help="run only these variant names")
+    p.add_argument("--seeds", nargs="*", type=int, help="override the file's seeds")
+    p.add_argument("--outdir", type=Path, default=SWEEPS_OUT)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    from results.collect import collect_rows, write_scores
+    from replication.checkpoint import CheckpointError
+    from replication.clip_models import ClipModelError
+    from replication.losses import GuidanceError
+    from replication.weights import WeightError
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        sweep = load_sweep(args.sweep)
+        if args.seeds:
+            sweep = Sweep(sweep.name, sweep.shifts, tuple(args.seeds), sweep.n_eval, sweep.variants)
+        chosen = [v for v in sweep.variants if not args.only or v.name in args.only]
+        missing = sorted(set(args.only or ()) - {v.name for v in sweep.variants})
+        if missing:
+            raise ConfigError(f"--only names {missing} are not variants of {args.sweep}; it has "
+                              f"{[v.name for v in sweep.variants]}")
+        jobs = [(s, v, k) for s in sweep.shifts for v in chosen for k in sweep.seeds]
+        for i, (shift_name, variant, seed) in enumerate(jobs):
+            print(f"[{i + 1}/{len(jobs)}] {shift_name} {variant.name} seed{seed}", flush=True)
+            run_variant(sweep, shift_name, variant, seed, args.outdir, progress=not args.no_progress)
+    except (ConfigError, CheckpointError, ClipModelError, GuidanceError, WeightError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    csv_path = write_scores(collect_rows(args.outdir / sweep.name), args.outdir / f"{sweep.name}.csv")
+    md_path = args.outdir / f"{sweep.name}.md"
+    atomic_write_text(md_path, table_markdown(sweep, args.outdir))
+    print(f"scores: {csv_path}\ntable: {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
