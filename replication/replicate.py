@@ -75,7 +75,8 @@ def run_one(shift_name: str, method: str, seed: int, outdir: Path, device: torch
     G_src, latent_avg, shas = load_source(shift, device)
     G_tgt = METHODS[method](G_src, shift, seed, run_dir, weights_sha256=shas, progress=progress, latent_avg=latent_avg)
     if shift.task.world == "mini":
-        write_metrics(run_dir, score_mini_run(G_src, G_tgt.eval(), shift, n=n_eval))
+        # scoring runs on the CPU, where the scorer models and the evaluation latents live
+        write_metrics(run_dir, score_mini_run(G_src.cpu(), G_tgt.eval().cpu(), shift, n=n_eval))
     return run_dir
 
 

@@ -89,7 +89,7 @@ def load_sweep(path: Path) -> Sweep:
 
 
 def run_variant(sweep: Sweep, shift_name: str, variant: Variant, seed: int, outdir: Path, *,
-                progress: bool = True) -> Path:
+                progress: bool = True, device: torch.device = torch.device("cpu")) -> Path:
     """Train (or keep) and score one run of the sweep; returns its run folder."""
     from metrics.calc import score_mini_run, write_metrics
     from replication.nada import adapt, load_source
@@ -99,10 +99,11 @@ def run_variant(sweep: Sweep, shift_name: str, variant: Variant, seed: int, outd
     run_dir = run_dir_for(outdir / sweep.name, "mini", shift.task.name, variant.name, seed)
     if is_done(run_dir) and (run_dir / "metrics.jsonl").is_file():
         return run_dir
-    G_src, latent_avg, shas = load_source(shift, torch.device("cpu"))
+    G_src, latent_avg, shas = load_source(shift, device)
     G_tgt = adapt(G_src, shift, seed, run_dir, weights_sha256=shas, progress=progress, latent_avg=latent_avg,
                   method=f"nada[{variant.name}]")
-    write_metrics(run_dir, score_mini_run(G_src, G_tgt.eval(), shift, n=sweep.n_eval))
+    # scoring runs on the CPU, where the scorer models and the evaluation latents live
+    write_metrics(run_dir, score_mini_run(G_src.cpu(), G_tgt.eval().cpu(), shift, n=sweep.n_eval))
     return run_dir
 
 
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="*", type=int, help="override the file's seeds")
     p.add_argument("--outdir", type=Path, default=SWEEPS_OUT)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     from results.collect import collect_rows, write_scores
@@ -150,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     try:
         sweep = load_sweep(args.sweep)
         if args.seeds:
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [(s, v, k) for s in sweep.shifts for v in chosen for k in sweep.seeds]
         for i, (shift_name, variant, seed) in enumerate(jobs):
             print(f"[{i + 1}/{len(jobs)}] {shift_name} {variant.name} seed{seed}", flush=True)
-            run_variant(sweep, shift_name, variant, seed, args.outdir, progress=not args.no_progress)
+            run_variant(sweep, shift_name, variant, seed, args.outdir, progress=not args.no_progress, device=device)
     except (ConfigError, CheckpointError, ClipModelError, GuidanceError, WeightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
