@@ -134,6 +134,20 @@ def test_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
         tg.train_generator(_tiny_config(seed=4), tmp_path / "b", tmp_path / "c.pt", progress=False)
 
 
+def test_a_state_saved_before_the_mouth_term_existed_still_resumes(tmp_path):
+    import dataclasses
+
+    cfg = _tiny_config()
+    tg.train_generator(cfg, tmp_path / "a", tmp_path / "a.pt", progress=False)
+    state_path = tmp_path / "a" / tg.STATE_NAME
+    state = torch.load(state_path, weights_only=True)
+    del state["config"]["loss"]["mouth"]  # what the stage-2 run of 2026-12-01 wrote
+    torch.save(state, state_path)
+    assert tg._load_state(state_path, cfg)["step"] == cfg.steps
+    with pytest.raises(tg.GeneratorRecipeError, match="different config"):
+        tg._load_state(state_path, dataclasses.replace(cfg, loss=tg.LossWeights(mouth=1.0)))
+
+
 TINY_D_CHANNELS = ((4, 8), (8, 8), (16, 8), (32, 8), (64, 8))
 
 

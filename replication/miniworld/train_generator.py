@@ -375,6 +375,8 @@ def _load_state(path: Path, cfg: TrainGeneratorConfig) -> dict[str, Any] | None:
     # How often state is saved does not change the weights, so a resume may change it.
     ignored = ("checkpoint_every",)
     saved_cfg = {k: v for k, v in dict(state.get("config") or {}).items() if k not in ignored}
+    if isinstance(saved_cfg.get("loss"), dict):  # states written before a loss term existed ran it at its default
+        saved_cfg["loss"] = {**dataclasses.asdict(LossWeights()), **saved_cfg["loss"]}
     if saved_cfg != {k: v for k, v in cfg.to_dict().items() if k not in ignored}:
         raise GeneratorRecipeError(f"{path} was written by a run with a different config; use a new --run-dir or "
                                    f"delete {path}")
