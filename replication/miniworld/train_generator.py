@@ -425,8 +425,9 @@ def train_generator(cfg: TrainGeneratorConfig, run_dir: Path, out_path: Path, *,
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
         z = _batch_latents(cfg, step)
-        real = target_images(z)
-        mouth = mouth_mask(latent_to_attributes(z)) if cfg.loss.mouth > 0 else None
+        attrs = latent_to_attributes(z)  # once per step: the render and the mouth mask both need it
+        real = render(attrs, SOURCE_STYLE, SOURCE_CHARACTER, size=64)
+        mouth = mouth_mask(attrs) if cfg.loss.mouth > 0 else None
         terms = train_step(G, optimizer, z, real, cfg.loss, perceptual_net, adversary, step, mouth)
         # Ramp the EMA in so the early average is not dominated by the random initialisation.
         _ema_update(G_ema, G, min(cfg.ema_beta, (1.0 + step) / (10.0 + step)))
