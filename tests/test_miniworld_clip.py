@@ -171,10 +171,11 @@ def test_three_steps_lower_the_loss_on_a_fixed_batch():
 
 @pytest.mark.parametrize("invariance", [0.0, 5.0])
 def test_training_resumes_to_the_same_weights(tmp_path, monkeypatch, invariance):
-    # with the invariance term, the crash falls between two refreshes of its text directions (every 5 steps)
+    # with the invariance and direction terms, the crash falls between two refreshes of their text directions
     config = ClipTrainConfig(name="tiny", architecture=TINY, seed=3, steps=3, batch_size=4, warmup_steps=1,
                              checkpoint_every_s=0.0, pixels="clip" if invariance else "raw",
-                             invariance_weight=invariance, invariance_pairs=6, directions_every=5)
+                             invariance_weight=invariance, invariance_pairs=6, directions_every=5,
+                             direction_weight=invariance, direction_pairs=4)
     train(config, tmp_path / "straight", tmp_path / "straight.pt", progress=False)
 
     real_step = train_clip.train_step
@@ -264,6 +265,43 @@ def test_invariance_loss_is_zero_for_identical_pairs_and_trains_the_image_tower(
     assert 0.0 < float(loss) <= 1.0
     loss.backward()
     assert model.visual.conv1.weight.grad.abs().sum() > 0
+
+
+def test_direction_pairs_share_attributes_and_leave_the_contrastive_batch_alone():
+    base = ClipTrainConfig(name="tiny", architecture=TINY, seed=4, batch_size=8, hard_negative_fraction=0.25)
+    with_term = replace(base, direction_weight=2.0, direction_pairs=12)
+    plain, paired = train_clip.training_batch(base, 7), train_clip.training_batch(with_term, 7)
+    assert torch.equal(plain["images"], paired["images"]) and plain["captions"] == paired["captions"]
+    source, target, shift = paired["direction_pairs"]
+    assert source.shape == target.shape == (12, 3, 64, 64) and shift.shape == (12,)
+    domains = train_clip.target_domains()
+    assert int(shift.min()) >= 0 and int(shift.max()) < len(domains)
+    # each target is the render of its source's attributes in the shift's target domain
+    attrs = sample_attributes(12, torch.Generator().manual_seed(train_clip.train_batch_seed(4, 7) + 2))
+    i = 5
+    _, _, _, style, character = domains[int(shift[i])]
+    assert torch.equal(target[i:i + 1], render(attrs[i:i + 1], style, character))
+    assert torch.equal(source[i:i + 1], render(attrs[i:i + 1], "photo", "human"))
+
+
+def test_direction_loss_is_low_when_image_differences_follow_the_text_direction():
+    model = build_clip(TINY, 8)
+    directions = train_clip.training_text_directions(model)
+    source = render(sample_attributes(4, _gen(6)), "photo", "human")
+    target = render(sample_attributes(4, _gen(6)), "sketch", "human")
+    shift = torch.zeros(4, dtype=torch.long)
+    loss = train_clip.direction_loss(model, source, target, shift, directions, "clip")
+    assert 0.0 <= float(loss) <= 2.0
+    loss.backward()
+    assert model.visual.conv1.weight.grad.abs().sum() > 0
+    # a few steps on the term alone raise the paired differences' cosine with their text direction
+    optimizer = torch.optim.Adam(model.visual.parameters(), lr=1e-3)
+    before = float(loss)
+    for _ in range(15):
+        optimizer.zero_grad()
+        train_clip.direction_loss(model, source, target, shift, directions, "clip").backward()
+        optimizer.step()
+    assert float(train_clip.direction_loss(model, source, target, shift, directions, "clip")) < before - 0.05
 
 
 def test_training_text_directions_are_nada_text_directions(tmp_path):
