@@ -64,14 +64,16 @@ replicate: env
 	$(PY) -m replication.replicate --world $(WORLD) $(if $(SHIFTS),--shifts $(SHIFTS)) \
 		$(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(RERUN_STALE),--rerun-stale) $(if $(RESCORE),--rescore)
 
-# Each CLIP is two resumable stages: stage 1 lands in artifacts/ (git-ignored), stage 2 (anchored) starts from it.
+# Each CLIP trains in resumable stages: stage 1 lands in artifacts/ (git-ignored), stage 2 (anchored) starts from it;
+# CLIP A's stage 3 (directed, the paired-direction term) starts from stage 2 and writes the shipped file.
 # The four models are independent one-thread jobs: `make -j2 mini-world` trains two at a time on a 2-core machine.
 mini-world: mini-world-clip-a mini-world-clip-b mini-world-evaluator mini-world-generator
 	@echo "new weights: update their sha256 in env/weights.toml (python -m replication.weights verify NAME prints it)"
 
 mini-world-clip-a: env
 	$(PY) -m replication.miniworld.train_clip --name clip_a --out artifacts/mini_clip/clip_a_stage1.pt
-	$(PY) -m replication.miniworld.train_clip --name clip_a_anchored --out replication/miniworld/weights/clip_a.pt
+	$(PY) -m replication.miniworld.train_clip --name clip_a_anchored --out artifacts/mini_clip/clip_a_stage2.pt
+	$(PY) -m replication.miniworld.train_clip --name clip_a_directed --out replication/miniworld/weights/clip_a.pt
 
 mini-world-clip-b: env
 	$(PY) -m replication.miniworld.train_clip --name clip_b --out artifacts/mini_clip/clip_b_stage1.pt

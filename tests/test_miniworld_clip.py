@@ -411,3 +411,25 @@ def test_attribute_probe_reads_an_embedding_that_carries_the_attributes():
     names = train_clip.GEOMETRY_ATTRIBUTES
     assert all(r2[n] > 0.8 for n in names[:5]), r2
     assert all(r2[n] < 0.2 for n in names[5:]), r2
+
+
+def test_each_stage_starts_from_the_file_the_stage_before_writes():
+    """The recipe chain: every stage but the last writes where the next one's init_weights reads; the last ships."""
+    for family, stages in train_clip.SHIPPED_STAGES.items():
+        assert stages[0] == family and len(stages) >= 2
+        for before, after in zip(stages, stages[1:]):
+            written = train_clip.default_weights_path(before, measuring=False)
+            assert written.parent == train_clip.RUNS_DIR
+            assert train_clip.repo_path(PRESETS[after].init_weights) == written
+        assert train_clip.default_weights_path(stages[-1], measuring=False) == train_clip.WEIGHTS_DIR / f"{family}.pt"
+        assert train_clip.default_weights_path(stages[0], measuring=True) == train_clip.WEIGHTS_DIR / f"{family}.pt"
+        assert train_clip.recipe_command(family).split(" && ") == [
+            f"python -m replication.miniworld.train_clip --name {s}" for s in stages]
+    # the guidance CLIP's last stage is the only one with the paired-direction term
+    assert PRESETS["clip_a_directed"].direction_weight > 0 and PRESETS["clip_a_anchored"].direction_weight == 0
+
+
+def test_a_missing_start_file_names_the_stage_that_writes_it(tmp_path):
+    config = replace(PRESETS["clip_a_directed"], init_weights=str(tmp_path / "absent.pt"))
+    with pytest.raises(train_clip.ClipTrainingError, match="--name clip_a_anchored"):
+        train(config, tmp_path / "run", tmp_path / "out.pt", progress=False)

@@ -1,7 +1,9 @@
 """Recipe and measurement of the two mini-world CLIPs (OpenAI CLIP architecture, trained on renders of all 30 domains).
 
 Train:    python -m replication.miniworld.train_clip --name clip_a             # stage 1 -> artifacts/mini_clip/
-          python -m replication.miniworld.train_clip --name clip_a_anchored    # stage 2 -> the shipped clip_a.pt
+          python -m replication.miniworld.train_clip --name clip_a_anchored    # stage 2 -> artifacts/mini_clip/
+          python -m replication.miniworld.train_clip --name clip_a_directed    # stage 3 -> the shipped clip_a.pt
+          (CLIP B: clip_b, then clip_b_anchored -> the shipped clip_b.pt)
 Measure:  python -m replication.miniworld.train_clip --measure --name clip_a
 Training is resumable: the run directory holds the last training state (written atomically every few minutes); running
 the same command again continues from it and reaches the same weights as an uninterrupted run.
@@ -139,13 +141,28 @@ PRESETS: dict[str, ClipTrainConfig] = {
         architecture=ClipArchitecture(embed_dim=96, vision_layers=3, vision_width=96, vision_patch_size=8,
                                       transformer_width=96, transformer_layers=3)),
 }
-# Stage 2 of the shipped CLIPs: continue stage 1 with the attribute-anchoring term (see ClipTrainConfig).
-SHIPPED_STAGES: dict[str, tuple[str, str]] = {"clip_a": ("clip_a", "clip_a_anchored"),
+# The shipped CLIPs continue stage 1: stage 2 adds the attribute-anchoring and colour-invariance terms (see
+# ClipTrainConfig); CLIP A, NADA's guidance, has a stage 3 that adds the paired-direction term. A family's last stage
+# writes the shipped file, the earlier ones artifacts/mini_clip/<family>_stage<k>.pt, which the next stage starts from.
+SHIPPED_STAGES: dict[str, tuple[str, ...]] = {"clip_a": ("clip_a", "clip_a_anchored", "clip_a_directed"),
                                                "clip_b": ("clip_b", "clip_b_anchored")}
 for _name in SHIPPED_STAGES:
     PRESETS[f"{_name}_anchored"] = replace(
         PRESETS[_name], name=f"{_name}_anchored", steps=1500, lr=1e-3, warmup_steps=50, attribute_weight=10.0,
         init_weights=f"artifacts/mini_clip/{_name}_stage1.pt", pixels="clip", invariance_weight=5.0)
+# Stage 3 starts from stage 2's file, whose sha256 is pinned: it is the CLIP A that was shipped before stage 3 existed.
+PRESETS["clip_a_directed"] = replace(
+    PRESETS["clip_a_anchored"], name="clip_a_directed", steps=300, lr=3e-4, warmup_steps=20,
+    init_weights="artifacts/mini_clip/clip_a_stage2.pt",
+    init_sha256="18d2bb3013c798f1c02e715a0f1c0cf19494921a027688a7d1afe4d1077e4161", direction_weight=5.0)
+
+
+def stage_of(name: str) -> tuple[str, int]:
+    """(family, index) of a preset in SHIPPED_STAGES, e.g. ("clip_a", 1) for clip_a_anchored; (name, 0) otherwise."""
+    for family, stages in SHIPPED_STAGES.items():
+        if name in stages:
+            return family, stages.index(name)
+    return name, 0
 
 
 def build_clip(arch: ClipArchitecture, seed: int) -> clip_model.CLIP:
@@ -328,9 +345,10 @@ def train(config: ClipTrainConfig, run_dir: Path, out_path: Path, *, progress: b
     if config.init_weights:
         init = repo_path(config.init_weights)
         if not init.is_file():
-            raise ClipTrainingError(f"stage-1 weights {init} are missing; train them first with python -m "
-                                    f"replication.miniworld.train_clip --name {config.name.split('_anchored')[0]} "
-                                    f"--out {init}")
+            family, index = stage_of(config.name)
+            before = SHIPPED_STAGES[family][index - 1] if index > 0 else "<the preset that writes it>"
+            raise ClipTrainingError(f"start weights {init} are missing; train them first with python -m "
+                                    f"replication.miniworld.train_clip --name {before} --out {init}")
         if config.init_sha256 and file_sha256(init) != config.init_sha256:
             raise ClipTrainingError(f"{init} has sha256 {file_sha256(init)}, the preset expects {config.init_sha256}")
         start_weights = torch.load(init, map_location="cpu", weights_only=True)
@@ -508,18 +526,18 @@ NEGATIVE_BAR_KINDS = ("colour_shift", "greyscale", "tint", "augment")
 
 
 def default_weights_path(name: str, measuring: bool) -> Path:
-    """Where a preset's weights go: stage 1 stays in artifacts/, stage 2 is the shipped file, --measure reads that."""
-    if measuring or name not in SHIPPED_STAGES:
-        shipped = next((n for n, stages in SHIPPED_STAGES.items() if name in stages), name)
-        return WEIGHTS_DIR / f"{shipped}.pt"
-    return RUNS_DIR / f"{name}_stage1.pt"
+    """Where a preset's weights go: a family's last stage (and --measure) is the shipped file, earlier stages stay in
+    artifacts/mini_clip/<family>_stage<k>.pt, where the next stage's init_weights reads them."""
+    family, index = stage_of(name)
+    stages = SHIPPED_STAGES.get(family, (name,))
+    if measuring or index == len(stages) - 1:
+        return WEIGHTS_DIR / f"{family}.pt"
+    return RUNS_DIR / f"{family}_stage{index + 1}.pt"
 
 
 def recipe_command(name: str) -> str:
-    """The commands that retrain a shipped CLIP from nothing (both stages)."""
-    stage1, stage2 = SHIPPED_STAGES[name]
-    return (f"python -m replication.miniworld.train_clip --name {stage1} && "
-            f"python -m replication.miniworld.train_clip --name {stage2}")
+    """The commands that retrain a shipped CLIP from nothing (every stage, in order)."""
+    return " && ".join(f"python -m replication.miniworld.train_clip --name {stage}" for stage in SHIPPED_STAGES[name])
 
 
 def attribute_probe_r2(encoder: ClipEncoder, data: dict[str, Any], train_fraction: float = 0.75,
@@ -603,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         f"python -m replication.miniworld.train_clip --name {args.name}")
             started = time.time()
             report = measure(Path(out_path), n_heldout=args.n_heldout, n_pairs=args.n_pairs)
-            trained_as = SHIPPED_STAGES.get(args.name, (args.name, args.name))[1]
+            trained_as = SHIPPED_STAGES.get(args.name, (args.name,))[-1]
             train_summary = (args.run_dir or RUNS_DIR / trained_as) / "summary.json"
             report.update({"name": args.name, "command": command, "weights": repo_relative(out_path),
                            "train_command": (recipe_command(args.name) if args.name in SHIPPED_STAGES
