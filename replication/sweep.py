@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
 import tomllib
 from dataclasses import dataclass
@@ -89,16 +90,21 @@ def load_sweep(path: Path) -> Sweep:
 
 
 def run_variant(sweep: Sweep, shift_name: str, variant: Variant, seed: int, outdir: Path, *,
-                progress: bool = True, device: torch.device = torch.device("cpu")) -> Path:
-    """Train (or keep) and score one run of the sweep; returns its run folder."""
+                progress: bool = True, device: torch.device = torch.device("cpu"), rerun_stale: bool = False) -> Path:
+    """Train (or keep) and score one run of the sweep; returns its run folder. A finished run is kept unless
+    rerun_stale is set and it was trained or scored with other weights than the registry's."""
     from metrics.calc import score_mini_run, write_metrics
     from replication.nada import adapt, load_source
+    from replication.replicate import run_is_current
     from replication.train import run_dir_for
 
     shift = load_shift(shift_name, {"nada": variant.nada})
     run_dir = run_dir_for(outdir / sweep.name, "mini", shift.task.name, variant.name, seed)
     if is_done(run_dir) and (run_dir / "metrics.jsonl").is_file():
-        return run_dir
+        if not rerun_stale or run_is_current(run_dir, shift):
+            return run_dir
+        print(f"re-running {run_dir}: it was trained or scored with other weights than the registry's", flush=True)
+        shutil.rmtree(run_dir)
     G_src, latent_avg, shas = load_source(shift, device)
     G_tgt = adapt(G_src, shift, seed, run_dir, weights_sha256=shas, progress=progress, latent_avg=latent_avg,
                   method=f"nada[{variant.name}]")
@@ -142,12 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--outdir", type=Path, default=SWEEPS_OUT)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--rerun-stale", action="store_true",
+                   help="train again the finished runs made with other weights than the registry's")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     from results.collect import collect_rows, write_scores
     from replication.checkpoint import CheckpointError
     from replication.clip_models import ClipModelError
     from replication.losses import GuidanceError
+    from replication.replicate import run_is_current
     from replication.weights import WeightError
 
     if args.threads > 0:
@@ -163,12 +172,19 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--only names {missing} are not variants of {args.sweep}; it has "
                               f"{[v.name for v in sweep.variants]}")
         jobs = [(s, v, k) for s in sweep.shifts for v in chosen for k in sweep.seeds]
+        stale: list[str] = []
         for i, (shift_name, variant, seed) in enumerate(jobs):
             print(f"[{i + 1}/{len(jobs)}] {shift_name} {variant.name} seed{seed}", flush=True)
-            run_variant(sweep, shift_name, variant, seed, args.outdir, progress=not args.no_progress, device=device)
+            run_dir = run_variant(sweep, shift_name, variant, seed, args.outdir, progress=not args.no_progress,
+                                  device=device, rerun_stale=args.rerun_stale)
+            if not run_is_current(run_dir, load_shift(shift_name, {"nada": variant.nada})):
+                stale.append(str(run_dir))
     except (ConfigError, CheckpointError, ClipModelError, GuidanceError, WeightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if stale:
+        print(f"warning: {len(stale)} finished run(s) were trained or scored with other weights than the registry's "
+              f"(first: {stale[0]}); redo them with --rerun-stale", file=sys.stderr)
     csv_path = write_scores(collect_rows(args.outdir / sweep.name), args.outdir / f"{sweep.name}.csv")
     md_path = args.outdir / f"{sweep.name}.md"
     atomic_write_text(md_path, table_markdown(sweep, args.outdir))

@@ -40,7 +40,7 @@ def test_cli_reports_a_bad_file_and_writes_nothing(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
-def test_tiny_sweep_trains_scores_and_tabulates(tmp_path):
+def test_tiny_sweep_trains_scores_and_tabulates(tmp_path, capsys):
     torch.set_num_threads(1)
     path = _write(tmp_path, 'seeds = [0]\nn_eval = 8\nshifts = ["mini--sketch"]\n'
                             '[[variant]]\nname = "two-steps"\nnada = { iterations = 2, output_interval = 1000, '
@@ -58,3 +58,15 @@ def test_tiny_sweep_trains_scores_and_tabulates(tmp_path):
     assert main([str(path), "--outdir", str(out), "--only", "two-steps", "--no-progress"]) == 0  # kept, not redone
     assert (run_dir / "metrics.jsonl").read_text() == before
     assert main([str(path), "--outdir", str(out), "--only", "nope"]) == 2
+
+    # a run trained on other weights (here: a guidance CLIP file that has since changed) is reported, and redone
+    # only when asked
+    env = json.loads((run_dir / "env.json").read_text())
+    env["weights_sha256"] = {k: "0" * 64 for k in env["weights_sha256"]}
+    (run_dir / "env.json").write_text(json.dumps(env))
+    assert main([str(path), "--outdir", str(out), "--only", "two-steps", "--no-progress"]) == 0
+    assert "other weights than the registry's" in capsys.readouterr().err
+    assert json.loads((run_dir / "env.json").read_text())["weights_sha256"] == env["weights_sha256"]  # kept
+    assert main([str(path), "--outdir", str(out), "--only", "two-steps", "--no-progress", "--rerun-stale"]) == 0
+    assert "other weights" not in capsys.readouterr().err
+    assert json.loads((run_dir / "env.json").read_text())["weights_sha256"] != env["weights_sha256"]
