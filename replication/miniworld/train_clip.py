@@ -274,20 +274,22 @@ def training_text_directions(model: clip_model.CLIP) -> torch.Tensor:
     return torch.stack(rows)
 
 
+def paired_differences(model: clip_model.CLIP, before: torch.Tensor, after: torch.Tensor, pixels: str) -> torch.Tensor:
+    """unit(E(after) - E(before)) [N, D] of unit image embeddings, one forward pass for both halves."""
+    feats = F.normalize(model.encode_image(model_pixels(torch.cat([before, after]), pixels)), dim=-1)
+    return F.normalize(feats[len(before):] - feats[:len(before)], dim=-1, eps=1e-6)
+
+
 def invariance_loss(model: clip_model.CLIP, clean: torch.Tensor, edited: torch.Tensor, directions: torch.Tensor,
                     pixels: str) -> torch.Tensor:
     """Mean squared cosine between unit(E(edited) - E(clean)) and every target text direction [T, D]."""
-    feats = F.normalize(model.encode_image(model_pixels(torch.cat([clean, edited]), pixels)), dim=-1)
-    diff = F.normalize(feats[len(clean):] - feats[:len(clean)], dim=-1, eps=1e-6)
-    return (diff @ directions.t()).pow(2).mean()
+    return (paired_differences(model, clean, edited, pixels) @ directions.t()).pow(2).mean()
 
 
 def direction_loss(model: clip_model.CLIP, source: torch.Tensor, target: torch.Tensor, shift: torch.Tensor,
                    directions: torch.Tensor, pixels: str) -> torch.Tensor:
     """Mean of 1 - cosine between unit(E(target) - E(source)) of paired renders and their shift's text direction."""
-    feats = F.normalize(model.encode_image(model_pixels(torch.cat([source, target]), pixels)), dim=-1)
-    diff = F.normalize(feats[len(source):] - feats[:len(source)], dim=-1, eps=1e-6)
-    return (1.0 - (diff * directions[shift]).sum(dim=-1)).mean()
+    return (1.0 - (paired_differences(model, source, target, pixels) * directions[shift]).sum(dim=-1)).mean()
 
 
 def attribute_targets(attrs: torch.Tensor) -> torch.Tensor:
