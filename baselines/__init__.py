@@ -4,6 +4,8 @@ from __future__ import annotations
 from typing import Callable
 
 from baselines.nada_variants import nada_freeze, nada_global, nada_nofreeze
+from baselines.oracle import METHOD_NAME as ORACLE_NAME
+from baselines.oracle import adapt as oracle_adapt
 from baselines.source import adapt as source_adapt
 from replication.nada import adapt as nada_adapt
 
@@ -13,4 +15,5 @@ METHODS: dict[str, Callable] = {
     "nada-nofreeze": nada_nofreeze,
     "nada-freeze": nada_freeze,
     "source": source_adapt,  # the unadapted generator: the floor every method is compared with
+    ORACLE_NAME: oracle_adapt,  # mini world only: trained on the true targets, the ceiling of the same budget
 }

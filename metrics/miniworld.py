@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from replication.miniworld.attributes import CHARACTERS, STYLES
+from replication.miniworld.attributes import ATTRIBUTE_NAMES, CHARACTERS, STYLES
 from replication.miniworld.render import render
 from replication.miniworld.train_generator import attribute_r2
 
@@ -105,5 +105,7 @@ def score_shift(G_src, G_tgt, evaluator, shift: MiniShift, z: torch.Tensor, *,
         "paired_l1": (x_tgt - x_true).abs().mean().item(),
         "paired_l1_src": (x_src - x_true).abs().mean().item(),
         "pixel_spread_ratio": spread_tgt / max(spread_src, 1e-12),
+        # which attributes an adaptation loses: the mean above is dominated by any one that turns strongly negative
+        **{f"attr_r2_tgt_{name}": float(v) for name, v in zip(ATTRIBUTE_NAMES, r2_tgt)},
         "n_samples": int(z.shape[0]),
     }

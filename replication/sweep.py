@@ -3,8 +3,8 @@
     python -m replication.sweep replication/sweeps/mini-nada.toml            # train, score, tabulate (resumable)
     python -m replication.sweep replication/sweeps/mini-nada.toml --only default lr0.004 --seeds 0 1
 
-The file lists `shifts`, `seeds`, `n_eval` and [[variant]] tables, each with a `name` and a `nada` table of overrides
-of the shift's [nada] section. Runs live in results/sweeps/<name>/mini/<shift>/<variant>/seed<k>/ exactly like
+The file lists `shifts`, `seeds`, `n_eval` and [[variant]] tables, each with a `name`, a `nada` table of overrides
+of the shift's [nada] section and an optional `method` (default "nada"; any name of baselines.METHODS). Runs live in results/sweeps/<name>/mini/<shift>/<variant>/seed<k>/ exactly like
 `make replicate` runs, are scored by the same function, and a finished run is kept.
 """
 from __future__ import annotations
@@ -36,10 +36,11 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_-]*$")
 
 @dataclass(frozen=True)
 class Variant:
-    """One point of a sweep: a folder-safe name and the [nada] overrides it applies to every shift."""
+    """One point of a sweep: a folder-safe name, the [nada] overrides it applies to every shift, and the method."""
 
     name: str
     nada: dict[str, Any]
+    method: str = "nada"
 
 
 @dataclass(frozen=True)
@@ -65,14 +66,19 @@ def load_sweep(path: Path) -> Sweep:
     unknown = sorted(set(data) - {"shifts", "seeds", "n_eval", "variant"})
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {unknown}; valid: shifts, seeds, n_eval, [[variant]]")
+    from baselines import METHODS
+
     variants = []
     for raw in data.get("variant", []):
-        extra = sorted(set(raw) - {"name", "nada"})
+        extra = sorted(set(raw) - {"name", "nada", "method"})
         name = str(raw.get("name", ""))
         if extra or not NAME_PATTERN.match(name):
-            raise ConfigError(f"{path}: each [[variant]] needs a folder-safe `name` (letters, digits, . + _ -) and "
-                              f"an optional `nada` table; got name {name!r}, extra keys {extra}")
-        variants.append(Variant(name, dict(raw.get("nada", {}))))
+            raise ConfigError(f"{path}: each [[variant]] needs a folder-safe `name` (letters, digits, . + _ -), "
+                              f"an optional `nada` table and `method`; got name {name!r}, extra keys {extra}")
+        method = str(raw.get("method", "nada"))
+        if method not in METHODS:
+            raise ConfigError(f"{path}: variant {name!r} has unknown method {method!r}; known: {sorted(METHODS)}")
+        variants.append(Variant(name, dict(raw.get("nada", {})), method))
     names = [v.name for v in variants]
     if not variants or len(set(names)) != len(names):
         raise ConfigError(f"{path}: needs at least one [[variant]] and distinct names, got {names}")
@@ -93,6 +99,7 @@ def run_variant(sweep: Sweep, shift_name: str, variant: Variant, seed: int, outd
                 progress: bool = True, device: torch.device = torch.device("cpu"), rerun_stale: bool = False) -> Path:
     """Train (or keep) and score one run of the sweep; returns its run folder. A finished run is kept unless
     rerun_stale is set and it was trained or scored with other weights than the registry's."""
+    from baselines import METHODS
     from metrics.calc import score_mini_run, write_metrics
     from replication.nada import adapt, load_source
     from replication.replicate import run_is_current
@@ -106,8 +113,12 @@ def run_variant(sweep: Sweep, shift_name: str, variant: Variant, seed: int, outd
         print(f"re-running {run_dir}: it was trained or scored with other weights than the registry's", flush=True)
         shutil.rmtree(run_dir)
     G_src, latent_avg, shas = load_source(shift, device)
-    G_tgt = adapt(G_src, shift, seed, run_dir, weights_sha256=shas, progress=progress, latent_avg=latent_avg,
-                  method=f"nada[{variant.name}]")
+    if variant.method == "nada":
+        G_tgt = adapt(G_src, shift, seed, run_dir, weights_sha256=shas, progress=progress, latent_avg=latent_avg,
+                      method=f"nada[{variant.name}]")
+    else:
+        G_tgt = METHODS[variant.method](G_src, shift, seed, run_dir, weights_sha256=shas, progress=progress,
+                                        latent_avg=latent_avg)
     # scoring runs on the CPU, where the scorer models and the evaluation latents live
     write_metrics(run_dir, score_mini_run(G_src.cpu(), G_tgt.eval().cpu(), shift, n=sweep.n_eval))
     return run_dir

@@ -37,6 +37,9 @@ class StepContext:
     guidance: Callable  # (x_src, x_tgt) -> (loss, stats); see replication.losses.ClipGuidance
     select: Callable | None  # (G_tgt, rng) -> list of module names to train this step, or None for a fixed set
     cfg: NadaConfig
+    # True: guidance is called (x_src, x_tgt, z) with the batch's latents; the mini world's paired oracle renders
+    # each latent's true target from them (baselines/oracle.py). No text-guided method sees z.
+    guidance_takes_latents: bool = False
 
 
 def latents_from_seeds(seeds, style_dim: int, device: torch.device) -> torch.Tensor:
@@ -93,7 +96,7 @@ def train_step(G_src: Generator, G_tgt: Generator, optimizer: torch.optim.Optimi
     mix = cfg.mixing > 0 and float(torch.rand((), generator=rng, device=rng.device)) < cfg.mixing
     mix_z = torch.randn(cfg.batch, G_src.style_dim, generator=rng, device=rng.device) if mix else None
     x_src, x_tgt = render_pair(G_src, G_tgt, z, cfg, rng, mix_z)
-    loss, stats = ctx.guidance(x_src, x_tgt)
+    loss, stats = ctx.guidance(x_src, x_tgt, z) if ctx.guidance_takes_latents else ctx.guidance(x_src, x_tgt)
     faithful_grads = cfg.mode == "faithful" and ctx.select is not None
     optimizer.zero_grad(set_to_none=not faithful_grads)
     if not torch.isfinite(loss):

@@ -18,6 +18,7 @@ import math
 import shlex
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -142,7 +143,9 @@ def make_perceptual_net(seed: int) -> torch.nn.Module:
     state = torch.random.get_rng_state()
     torch.manual_seed(int(seed))
     try:
-        net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
+        with warnings.catch_warnings():  # lpips still passes torchvision's deprecated `pretrained`; nothing to act on
+            warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+            net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
     finally:
         torch.random.set_rng_state(state)
     net.eval()
