@@ -476,21 +476,6 @@ def attribute_r2(pred: Tensor, true: Tensor) -> list[float]:
     return (1.0 - ss_res / ss_tot).tolist()
 
 
-def edge_correlation(fake: Tensor, real: Tensor) -> float:
-    """Mean over images of the Pearson correlation between the gradient-magnitude maps of fake and its paired real."""
-    def magnitude(x: Tensor) -> Tensor:
-        gray = x.mean(1)
-        gx = gray[:, 1:-1, 2:] - gray[:, 1:-1, :-2]
-        gy = gray[:, 2:, 1:-1] - gray[:, :-2, 1:-1]
-        return (gx.pow(2) + gy.pow(2)).sqrt().flatten(1)
-
-    a, b = magnitude(fake), magnitude(real)
-    a = a - a.mean(1, keepdim=True)
-    b = b - b.mean(1, keepdim=True)
-    corr = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
-    return float(corr.mean())
-
-
 def _gradient_energy(x: Tensor) -> float:
     return float((x[..., :, 1:] - x[..., :, :-1]).abs().mean() + (x[..., 1:, :] - x[..., :-1, :]).abs().mean())
 
@@ -637,6 +622,8 @@ def measure_generator(weights: Path, *, evaluator_path: Path | None = DEFAULT_EV
     if mapping.get("name") != LATENT_MAPPING_NAME:
         raise GeneratorRecipeError(f"{weights} has no '{LATENT_MAPPING_NAME}' latent mapping in its extra; it was not "
                                    f"made by this recipe (retrain with `python -m {__spec__.name} train`)")
+    from metrics.miniworld import edge_correlation  # metrics imports this module, so not at the top
+
     z = draw_latents(n_samples, G.style_dim, seed)
     fake = sample_generator(G, z)
     true_attrs = latent_to_attributes(z)
@@ -653,7 +640,8 @@ def measure_generator(weights: Path, *, evaluator_path: Path | None = DEFAULT_EV
         "latent_seed": seed,
         "paired_l1": float((fake - paired_real).abs().mean()),
         "paired_lpips_random_alex": lp,
-        "paired_edge_correlation": edge_correlation(fake, paired_real),
+        # the operator the NADA scores use (metrics.miniworld), so a shift's edge correlation reads against this one
+        "paired_edge_correlation": float(edge_correlation(fake, paired_real).mean()),
         "gradient_energy_ratio": _gradient_energy(fake) / _gradient_energy(paired_real),
         "latent_sensitivity_ratio": latent_sensitivity(G, z[:64]),
     }
