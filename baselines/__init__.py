@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+from replication.config import ConfigError, ShiftConfig
+
 from baselines.nada_variants import nada_freeze, nada_global, nada_nofreeze
 from baselines.oracle import METHOD_NAME as ORACLE_NAME
 from baselines.oracle import adapt as oracle_adapt
+from baselines.oracle import oracle_config
 from baselines.source import adapt as source_adapt
 from replication.nada import adapt as nada_adapt
 
@@ -17,3 +20,14 @@ METHODS: dict[str, Callable] = {
     "source": source_adapt,  # the unadapted generator: the floor every method is compared with
     ORACLE_NAME: oracle_adapt,  # mini world only: trained on the true targets, the ceiling of the same budget
 }
+
+# Methods that cannot run on every shift: each check raises ConfigError naming why, before any weight is loaded
+_SHIFT_CHECKS: dict[str, Callable[[ShiftConfig], object]] = {ORACLE_NAME: oracle_config}
+
+
+def check_method(method: str, shift: ShiftConfig) -> None:
+    """Raise ConfigError (one line) when `method` is unknown or cannot run on `shift`; CLIs call it before training."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; known methods: {', '.join(sorted(METHODS))}")
+    if method in _SHIFT_CHECKS:
+        _SHIFT_CHECKS[method](shift)

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rescore", action="store_true",
                    help="score finished mini runs again from their saved final generator (after a metric is added)")
     args = p.parse_args(argv)
-    from baselines import METHODS
+    from baselines import METHODS, check_method
     from replication.checkpoint import CheckpointError
     from replication.clip_models import ClipModelError, PromptError
     from replication.nada import GeneratorNotFound
@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise ConfigError(f"unknown method(s) {unknown}; known: {sorted(METHODS)}")
         shifts = args.shifts or world_shifts(args.world)
+        for shift_name in shifts:  # a method that cannot run on a shift fails here, before anything trains
+            for method in args.methods:
+                check_method(method, load_shift(shift_name))
         jobs = [(s, m, k) for s in shifts for m in args.methods for k in args.seeds]
         stale: list[str] = []
         for i, (shift_name, method, seed) in enumerate(jobs):

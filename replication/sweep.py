@@ -4,8 +4,8 @@
     python -m replication.sweep replication/sweeps/mini-nada.toml --only default lr0.004 --seeds 0 1
 
 The file lists `shifts`, `seeds`, `n_eval` and [[variant]] tables, each with a `name`, a `nada` table of overrides
-of the shift's [nada] section and an optional `method` (default "nada"; any name of baselines.METHODS). Runs live in results/sweeps/<name>/mini/<shift>/<variant>/seed<k>/ exactly like
-`make replicate` runs, are scored by the same function, and a finished run is kept.
+of the shift's [nada] section and an optional `method` (default "nada"; any name of baselines.METHODS). Runs live in
+results/sweeps/<name>/mini/<shift>/<variant>/seed<k>/ exactly like `make replicate` runs, are scored by the same function, and a finished run is kept.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def load_sweep(path: Path) -> Sweep:
     unknown = sorted(set(data) - {"shifts", "seeds", "n_eval", "variant"})
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {unknown}; valid: shifts, seeds, n_eval, [[variant]]")
-    from baselines import METHODS
+    from baselines import METHODS, check_method
 
     variants = []
     for raw in data.get("variant", []):
@@ -92,6 +92,7 @@ def load_sweep(path: Path) -> Sweep:
             if shift.task.world != "mini":
                 raise ConfigError(f"{path}: {shift_name} is a {shift.task.world}-world shift; sweeps score against "
                                   "the mini world's ground truth, so list mini shifts only")
+            check_method(variant.method, shift)
     return sweep
 
 

@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from baselines import METHODS
+    from baselines import METHODS, check_method
     from replication.checkpoint import CheckpointError
     from replication.clip_models import ClipModelError, PromptError
     from replication.layer_select import LayerSelectionError
@@ -50,9 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     user_errors = (ConfigError, CheckpointError, ClipModelError, PromptError, LayerSelectionError, DirectionError,
                    GuidanceError, ImageFolderError, GeneratorNotFound, RunConflictError, WeightError)
     try:
-        if args.method not in METHODS:
-            raise ConfigError(f"unknown method {args.method!r}; known methods: {', '.join(sorted(METHODS))}")
         shift = load_shift(args.shift)
+        check_method(args.method, shift)
         run_dir = run_dir_for(args.outdir, shift.task.world, shift.task.name, args.method, args.seed)
         if args.dry_run:
             print(json.dumps({"method": args.method, "seed": args.seed, "run_dir": str(run_dir), **to_dict(shift)},

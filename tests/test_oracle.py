@@ -73,3 +73,22 @@ def test_sweep_variants_can_name_a_method(tmp_path):
     bad.write_text('shifts = ["mini--sketch"]\n[[variant]]\nname = "a"\nmethod = "nada-typo"\n')
     with pytest.raises(ConfigError, match="unknown method 'nada-typo'"):
         load_sweep(bad)
+
+
+@pytest.mark.parametrize("cli", ["train", "replicate"])
+def test_clis_refuse_the_oracle_on_a_paper_shift_before_loading_weights(tmp_path, capsys, cli):
+    # the paper generator is not converted here: the oracle's own reason must come first, in one line, and no run
+    # folder may be started
+    if cli == "train":
+        from replication.train import main
+
+        argv = ["--shift", "ffhq--sketch", "--method", METHOD_NAME, "--outdir", str(tmp_path / "runs")]
+    else:
+        from replication.replicate import main
+
+        argv = ["--world", "paper", "--shifts", "ffhq--sketch", "--methods", METHOD_NAME, "--outdir",
+                str(tmp_path / "runs"), "--no-figures", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mini world's renderer" in err[0]
+    assert not (tmp_path / "runs").exists()
