@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from replication.clip_models import load_clip
-from replication.miniworld.attributes import CHARACTERS, STYLES, sample_attributes
+from replication.miniworld.attributes import ATTRIBUTE_NAMES, CHARACTERS, STYLES, sample_attributes
 from replication.miniworld.augment import (
     HARD_NEGATIVE_KINDS,
     AugmentInputError,
@@ -390,6 +390,11 @@ def test_collapse_blindness_is_one_for_a_single_pair_and_lower_for_the_shipped_a
     scores = train_clip.direction_scores(encoder, n_pairs=16)
     assert scores["collapse_blindness"] < 0.88
     assert all(0.0 < v["within_target_mean_pairwise_cosine"] < 1.0 for v in scores["per_target"].values())
+    # the colour half of human -> zombie stays off the zombie direction that the whole change follows
+    assert scores["palette_swap_mean_cosine"]["zombie"] < 0.3 < 0.9 < scores["per_target"]["zombie"]["mean_cosine"]
+    assert set(scores["palette_swap_mean_cosine"]) == {c for c in CHARACTERS if c != "human"}
+    assert set(scores["attribute_mismatch_cosine_drop"]) == set(ATTRIBUTE_NAMES)
+    assert set(scores["attribute_edit_max_mean_abs_cosine"]) == set(ATTRIBUTE_NAMES)
 
 
 def test_attribute_probe_reads_an_embedding_that_carries_the_attributes():
@@ -433,3 +438,26 @@ def test_a_missing_start_file_names_the_stage_that_writes_it(tmp_path):
     config = replace(PRESETS["clip_a_directed"], init_weights=str(tmp_path / "absent.pt"))
     with pytest.raises(train_clip.ClipTrainingError, match="--name clip_a_anchored"):
         train(config, tmp_path / "run", tmp_path / "out.pt", progress=False)
+
+
+def test_palette_pairs_join_the_invariance_term_as_recoloured_human_faces():
+    base = ClipTrainConfig(name="tiny", architecture=TINY, seed=4, batch_size=8, hard_negative_fraction=0.25,
+                           invariance_weight=5.0, invariance_pairs=10)
+    with_swaps = replace(base, palette_pairs=6)
+    plain, swapped = train_clip.training_batch(base, 7), train_clip.training_batch(with_swaps, 7)
+    assert torch.equal(plain["images"], swapped["images"]) and plain["captions"] == swapped["captions"]
+    n_colour = len(plain["invariance_pairs"][0])
+    clean, edited = swapped["invariance_pairs"]
+    assert len(clean) == len(edited) == n_colour + 6
+    assert torch.equal(clean[:n_colour], plain["invariance_pairs"][0])
+    # the added rows are the same human faces in another character's colours
+    attrs = sample_attributes(6, torch.Generator().manual_seed(train_clip.train_batch_seed(4, 7) + 3))
+    assert torch.equal(clean[n_colour:], render(attrs, "photo", "human"))
+    others = [c for c in CHARACTERS if c != "human"]
+    for i in range(6):
+        assert any(torch.equal(edited[n_colour + i], render(attrs[i:i + 1], "photo", "human", palette=c)[0])
+                   for c in others)
+    # the swaps are weighted by the invariance term, so they cannot be asked for without it
+    with pytest.raises(train_clip.ClipTrainingError, match="invariance_weight"):
+        replace(with_swaps, invariance_weight=0.0)
+

@@ -347,3 +347,26 @@ def test_captions_are_reproducible_and_the_plain_caption_is_complete():
     assert caption(row, "sketch", "zombie").startswith("a sketch of a smiling zombie with glasses and long")
     assert caption(row, "pixel art", "elf").startswith("a pixel art picture of a smiling elf")
     assert caption(_set(_attrs(1), smile=0.5, glasses=0.0)[0], "photo", "elf").startswith("a photo of an elf")
+
+
+def test_palette_swaps_recolour_a_face_without_changing_its_shapes():
+    attrs = sample_attributes(6, torch.Generator().manual_seed(11))
+    human = render(attrs, "photo", "human")
+    # a character's own palette is the default, byte for byte
+    for character in CHARACTERS:
+        assert torch.equal(render(attrs, "photo", character, palette=character), render(attrs, "photo", character))
+    swapped = render(attrs, "photo", "human", palette="zombie")
+    zombie = render(attrs, "photo", "zombie")
+    assert not torch.equal(swapped, human)
+    # the zombie's skin colour arrives, its scars, sockets and stitches do not: the edges stay the human's
+    skin = (swapped - human).abs().amax(1) > 0.05
+    assert float(skin.float().mean()) > 0.1
+    assert _correlation(_edges(swapped)[:, 8:-8, 8:-8], _edges(human)[:, 8:-8, 8:-8]).mean() > \
+        _correlation(_edges(zombie)[:, 8:-8, 8:-8], _edges(human)[:, 8:-8, 8:-8]).mean() + 0.1
+    # one palette per row, checked like character names
+    mixed = render(attrs[:2], "photo", "human", palette=["zombie", "human"])
+    assert torch.equal(mixed[:1], swapped[:1]) and torch.equal(mixed[1:], human[1:2])
+    with pytest.raises(ValueError, match="palette"):
+        render(attrs, "photo", "human", palette=["zombie"])
+    with pytest.raises(ValueError, match="vampire"):
+        render(attrs, "photo", "human", palette="vampire")

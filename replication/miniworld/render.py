@@ -184,7 +184,32 @@ def _rgb(n: int, rgb: tuple[float, float, float]) -> Tensor:
     return torch.tensor(rgb, dtype=torch.float32).expand(n, 3)
 
 
-def _build_scene(attrs: Tensor, character: str, size: int) -> _Scene:
+def _character_colours(attrs: Tensor, tint: str) -> dict[str, Tensor]:
+    """Colours [n, 3] a character gives the parts every face shares: face, neck, hair (fur, tufts), shirt, eyes."""
+    n = attrs.shape[0]
+    skin = palette_lookup(attrs[:, ATTRIBUTE_INDEX["skin_tone"]], SKIN_PALETTE)
+    hair = palette_lookup(attrs[:, ATTRIBUTE_INDEX["hair_color"]], HAIR_PALETTE)
+    fur = _mix(hair, (0.45, 0.33, 0.22), 0.55)
+    face = {"zombie": _mix(skin, (0.50, 0.62, 0.44), 0.75), "clown": _rgb(n, (0.97, 0.96, 0.94)),
+            "elf": _mix(skin, (0.97, 0.92, 0.88), 0.3),
+            "werewolf": _mix(fur, (0.85, 0.75, 0.60), 0.45)}.get(tint, skin)
+    neck = {"zombie": face, "clown": face, "werewolf": fur}.get(tint, skin)
+    tufts = hsv_to_rgb(attrs[:, ATTRIBUTE_INDEX["hair_color"]], 0.85, 0.95)
+    hair_col = {"zombie": _mix(hair, (0.35, 0.36, 0.33), 0.5), "elf": _mix(hair, (0.95, 0.90, 0.72), 0.45),
+                "werewolf": fur, "clown": tufts}.get(tint, hair)
+    shirt = {"human": (0.25, 0.38, 0.62), "zombie": (0.40, 0.34, 0.28), "werewolf": (0.30, 0.22, 0.16),
+             "elf": (0.22, 0.50, 0.28)}.get(tint)
+    # the clown's shirt takes the complementary colour of its hair tufts
+    complement = hsv_to_rgb(attrs[:, ATTRIBUTE_INDEX["hair_color"]] + 0.5, 0.7, 0.85)
+    shirt_col = complement if shirt is None else _rgb(n, shirt)
+    white = {"zombie": (0.85, 0.85, 0.62), "werewolf": (0.96, 0.74, 0.12)}.get(tint, (0.97, 0.97, 0.95))
+    pupil = {"zombie": (0.55, 0.55, 0.45), "elf": (0.10, 0.35, 0.20)}.get(tint, (0.10, 0.07, 0.06))
+    return {"face": face, "neck": neck, "hair": hair_col, "shirt": shirt_col, "eye_white": _rgb(n, white),
+            "pupil": _rgb(n, pupil)}
+
+
+def _build_scene(attrs: Tensor, character: str, size: int, palette: str | None = None) -> _Scene:
+    """Layers of `character`'s faces; `palette` (default: the character itself) names whose colours they wear."""
     n = attrs.shape[0]
     coords = (torch.arange(size, dtype=torch.float32) + 0.5) * (2.0 / size) - 1.0
     x, y = coords.view(1, 1, size), coords.view(1, size, 1)
@@ -206,8 +231,7 @@ def _build_scene(attrs: Tensor, character: str, size: int) -> _Scene:
     v = (cos_t * dy - sin_t * dx) / half_height
     au = u.abs()  # left/right features are mirror images: one evaluation draws both
 
-    skin = palette_lookup(attrs[:, ATTRIBUTE_INDEX["skin_tone"]], SKIN_PALETTE)
-    hair = palette_lookup(attrs[:, ATTRIBUTE_INDEX["hair_color"]], HAIR_PALETTE)
+    colours = _character_colours(attrs, palette or character)
     background = hsv_to_rgb(attrs[:, ATTRIBUTE_INDEX["background_hue"]], 0.40, 0.80)
 
     def px(sdf: Tensor) -> Tensor:
@@ -225,15 +249,9 @@ def _build_scene(attrs: Tensor, character: str, size: int) -> _Scene:
     mouth_v = 0.56
 
     # --- back hair, neck, clothes
-    shirt = {"human": (0.25, 0.38, 0.62), "zombie": (0.40, 0.34, 0.28), "werewolf": (0.30, 0.22, 0.16),
-             "elf": (0.22, 0.50, 0.28), "clown": None}[character]
     if character in ("human", "zombie", "elf"):
-        hair_col = hair
         length = hair_len
-        if character == "zombie":
-            hair_col = _mix(hair, (0.35, 0.36, 0.33), 0.5)
         if character == "elf":
-            hair_col = _mix(hair, (0.95, 0.90, 0.72), 0.45)
             length = 0.45 + 0.55 * hair_len  # elves always wear it at least to the chin
         bottom = -0.25 + 1.75 * length
         if character == "elf":  # straight curtains: a rounded box instead of an oval
@@ -242,17 +260,12 @@ def _build_scene(attrs: Tensor, character: str, size: int) -> _Scene:
             back = _ellipse(u, v, 0.0, (bottom - 1.12) / 2, rx + 0.15 + 0.12 * length, (bottom + 1.12) / 2)
             if character == "zombie":  # ragged ends
                 back = back + 0.08 * _triangle_wave(u * 5.0 + v * 2.0)
-        add(_Layer("back_hair", px(back), hair_col))
+        add(_Layer("back_hair", px(back), colours["hair"]))
     neck = _rounded_box(u, v, 0.0, 1.05, 0.32 * rx, 0.55, 0.1)
-    neck_col = {"zombie": _mix(skin, (0.50, 0.62, 0.44), 0.75), "clown": _rgb(n, (0.97, 0.96, 0.94)),
-                "werewolf": _mix(hair, (0.45, 0.33, 0.22), 0.55)}.get(character, skin)
+    neck_col = colours["neck"]
     add(_Layer("neck", px(neck), neck_col))
     shoulders = _ellipse(u, v, 0.0, 2.15, 1.55, 0.78)
-    if shirt is None:  # the clown's shirt takes the complementary colour of its hair tufts
-        shirt_col = hsv_to_rgb(attrs[:, ATTRIBUTE_INDEX["hair_color"]] + 0.5, 0.7, 0.85)
-    else:
-        shirt_col = _rgb(n, shirt)
-    add(_Layer("shoulders", px(shoulders), shirt_col))
+    add(_Layer("shoulders", px(shoulders), colours["shirt"]))
     if character == "elf":  # V-shaped collar
         add(_Layer("collar", px(_polygon(u, v, [(-0.45, 1.33), (0.45, 1.33), (0.0, 1.85)])), _rgb(n, (0.85, 0.75, 0.3))))
     if character == "clown":  # ruffled collar
@@ -262,32 +275,26 @@ def _build_scene(attrs: Tensor, character: str, size: int) -> _Scene:
     # --- ears (behind the head)
     if character == "elf":
         ear = _polygon(au - head_rx, v, [(-0.12, -0.22), (-0.12, 0.20), (0.78, -0.55)])
-        add(_Layer("ears", px(ear), _mix(skin, (0.97, 0.92, 0.88), 0.3)))
+        add(_Layer("ears", px(ear), colours["face"]))
     elif character == "werewolf":
         ear = _polygon(au, v, [(0.22, -0.70), (0.80, -0.55), (0.62, -1.60)])
-        fur_col = _mix(hair, (0.45, 0.33, 0.22), 0.55)
-        add(_Layer("ears", px(ear), fur_col))
+        add(_Layer("ears", px(ear), colours["hair"]))
         inner = _polygon(au, v, [(0.36, -0.78), (0.68, -0.70), (0.58, -1.35)])
         add(_Layer("inner_ears", px(inner), _rgb(n, (0.85, 0.55, 0.55))))
     else:
-        ear_col = {"zombie": _mix(skin, (0.50, 0.62, 0.44), 0.75), "clown": _rgb(n, (0.97, 0.96, 0.94))}.get(
-            character, skin)
-        add(_Layer("ears", px(_ellipse(au, v, head_rx - 0.02, 0.02, 0.15, 0.24)), ear_col))
+        add(_Layer("ears", px(_ellipse(au, v, head_rx - 0.02, 0.02, 0.15, 0.24)), colours["face"]))
 
     # --- head
     if character == "werewolf":
-        fur_col = _mix(hair, (0.45, 0.33, 0.22), 0.55)
         angle = torch.atan2(v, au)
         mane = _ellipse(u, v, 0.0, 0.05, head_rx + 0.18 + 0.22 * hair_len, 1.13 + 0.15 * hair_len)
         mane = mane - 0.10 * _triangle_wave(angle * 3.2)  # spiky fur silhouette
         strands = (0.45 - _triangle_wave(angle * 3.2 + 0.5)).clamp(0.0, 0.45) * 2.2
-        add(_Layer("fur", px(mane), fur_col, strands=strands))
+        add(_Layer("fur", px(mane), colours["hair"], strands=strands))
         face = _ellipse(u, v, 0.0, 0.12, head_rx * 0.80, 0.86)
-        add(_Layer("head", px(face), _mix(fur_col, (0.85, 0.75, 0.60), 0.45)))
+        add(_Layer("head", px(face), colours["face"]))
     else:
-        head_col = {"zombie": _mix(skin, (0.50, 0.62, 0.44), 0.75), "clown": _rgb(n, (0.97, 0.96, 0.94)),
-                    "elf": _mix(skin, (0.97, 0.92, 0.88), 0.3)}.get(character, skin)
-        add(_Layer("head", px(head), head_col))
+        add(_Layer("head", px(head), colours["face"]))
 
     # --- front hair
     if character in ("human", "zombie", "elf"):
@@ -299,18 +306,17 @@ def _build_scene(attrs: Tensor, character: str, size: int) -> _Scene:
             hairline = -0.52 + 0.32 * t * t + 0.12 * hair_len
         if character == "zombie":  # thin, ragged hair
             hairline = hairline - 0.18 + 0.16 * _triangle_wave(u * 4.5)
-        add(_Layer("hair", px(torch.maximum(cap, v - hairline)), layers[0].color))
+        add(_Layer("hair", px(torch.maximum(cap, v - hairline)), colours["hair"]))
     if character == "elf":  # circlet with a gem
         band = _arc(u, v, -0.50, head_rx * 0.86, -0.10, 0.08)
         add(_Layer("circlet", px(band), _rgb(n, (0.92, 0.78, 0.25)), stroke=True))
         add(_Layer("gem", px(_circle(u, v, 0.0, -0.53, 0.10)), _rgb(n, (0.20, 0.75, 0.45))))
     if character == "clown":
-        tuft_col = hsv_to_rgb(attrs[:, ATTRIBUTE_INDEX["hair_color"]], 0.85, 0.95)
         radius = 0.20 + 0.14 * hair_len
         tufts = torch.minimum(_circle(au, v, head_rx - 0.02, -0.62, radius),
                               torch.minimum(_circle(au, v, head_rx + 0.18, -0.32, radius),
                                             _circle(au, v, head_rx + 0.10, -0.02, radius)))
-        add(_Layer("tufts", px(tufts), tuft_col))
+        add(_Layer("tufts", px(tufts), colours["hair"]))
 
     # --- eyes
     if character == "zombie":
@@ -320,18 +326,16 @@ def _build_scene(attrs: Tensor, character: str, size: int) -> _Scene:
     if character == "clown":
         diamond = _polygon(au - eye_u, (v - eye_v) / 2.2, [(0.0, -0.2), (0.17, 0.0), (0.0, 0.2), (-0.17, 0.0)])
         add(_Layer("makeup", px(diamond), _rgb(n, (0.20, 0.40, 0.90))))
-    white_col = {"zombie": (0.85, 0.85, 0.62), "werewolf": (0.96, 0.74, 0.12)}.get(character, (0.97, 0.97, 0.95))
     eye_ru = eye_r * (1.45 if character == "elf" else 1.25)
     eye_rv = eye_r * (0.80 if character == "elf" else 1.0)
-    add(_Layer("eyes", px(_ellipse(au, v, eye_u, eye_v, eye_ru, eye_rv)), _rgb(n, white_col)))
+    add(_Layer("eyes", px(_ellipse(au, v, eye_u, eye_v, eye_ru, eye_rv)), colours["eye_white"]))
     if character == "werewolf":
         pupil = _ellipse(au, v, eye_u, eye_v, eye_r * 0.45, eye_r * 0.9)
     elif character == "zombie":
         pupil = _circle(au, v, eye_u, eye_v, eye_r * 0.5)
     else:
         pupil = _circle(au, v, eye_u, eye_v, eye_r * 0.62)
-    pupil_col = {"zombie": (0.55, 0.55, 0.45), "elf": (0.10, 0.35, 0.20)}.get(character, (0.10, 0.07, 0.06))
-    add(_Layer("pupils", px(pupil), _rgb(n, pupil_col), stroke=True))
+    add(_Layer("pupils", px(pupil), colours["pupil"], stroke=True))
 
     # --- nose, mouth and character marks
     if character == "werewolf":
@@ -639,11 +643,15 @@ def _per_sample(names: str | Sequence[str], n: int, check: Callable[[str], str],
     return [check(name) for name in names]
 
 
-def render(attrs: Tensor, style: str | Sequence[str], character: str | Sequence[str], *, size: int = 64) -> Tensor:
+def render(attrs: Tensor, style: str | Sequence[str], character: str | Sequence[str], *, size: int = 64,
+           palette: str | Sequence[str] | None = None) -> Tensor:
     """Render attribute rows [N, A] as float32 images [N, 3, size, size] in [-1, 1].
 
     `style` and `character` are one name for the whole batch or one name per row. The output is a pure function of
-    each row and its domain: identical bytes on every call and whatever else is in the batch.
+    each row and its domain: identical bytes on every call and whatever else is in the batch. `palette` (character
+    names, same forms) dresses each face in another character's colours while keeping its own shapes: a human face
+    with a zombie's grey-green skin but no scars, sockets or stitches. Such images belong to no domain; they are the
+    colour half of a character change, which a guidance should not mistake for the whole of it.
     """
     attrs = check_attributes(attrs)
     if not isinstance(size, int) or size < 16 or size > 1024:
@@ -651,14 +659,15 @@ def render(attrs: Tensor, style: str | Sequence[str], character: str | Sequence[
     n = attrs.shape[0]
     styles = _per_sample(style, n, check_style, "style")
     characters = _per_sample(character, n, check_character, "character")
+    palettes = characters if palette is None else _per_sample(palette, n, check_character, "palette")
     out = torch.empty(n, 3, size, size, dtype=torch.float32)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, (s_name, c_name) in enumerate(zip(styles, characters)):
-        groups.setdefault((STYLES.index(s_name), CHARACTERS.index(c_name)), []).append(i)
-    for (s_idx, c_idx), rows in sorted(groups.items()):
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for i, (s_name, c_name, p_name) in enumerate(zip(styles, characters, palettes)):
+        groups.setdefault((STYLES.index(s_name), CHARACTERS.index(c_name), CHARACTERS.index(p_name)), []).append(i)
+    for (s_idx, c_idx, p_idx), rows in sorted(groups.items()):
         for start in range(0, len(rows), _CHUNK):
             index = torch.tensor(rows[start:start + _CHUNK])
-            scene = _build_scene(attrs[index], CHARACTERS[c_idx], size)
+            scene = _build_scene(attrs[index], CHARACTERS[c_idx], size, palette=CHARACTERS[p_idx])
             image = _STYLE_FUNCTIONS[STYLES[s_idx]](scene, size)
             out[index] = image.clamp(0.0, 1.0) * 2.0 - 1.0
     return out

@@ -36,6 +36,7 @@ from replication.losses import text_direction
 from replication.templates import fill_templates
 from replication.miniworld.attributes import (
     ATTRIBUTE_INDEX,
+    ATTRIBUTE_NAMES,
     CHARACTERS,
     GLASSES_THRESHOLD,
     SMILING_THRESHOLD,
@@ -115,6 +116,11 @@ class ClipTrainConfig:
     # with human -> zombie, which NADA would follow as a shortcut.
     invariance_weight: float = 0.0
     invariance_pairs: int = 24
+    # Palette swaps added to the invariance term: a photo+human render and the same face in a random other
+    # character's colours (render(..., palette=)), its shapes unchanged. Without them CLIP A scored NADA's grey-green
+    # human faces as high as true zombies (clip_dir 0.98 both, issue 4 note of 2026-12-02): the colour half of a
+    # character change was worth as much as the whole, so NADA had no reason to draw scars, sockets or stitches.
+    palette_pairs: int = 0
     # Weight of a paired-direction term: renders of the same attributes in the source and in a random target domain
     # give unit(E(target) - E(source)), pulled toward that shift's text direction (1 - cosine). Without it the true
     # photo -> sketch change sits at cosine 0.74 (mean direction) from the text direction, so NADA's directional
@@ -122,6 +128,10 @@ class ClipTrainConfig:
     direction_weight: float = 0.0
     direction_pairs: int = 24
     directions_every: int = 50  # steps between refreshes of the (no-grad) text directions the term uses
+
+    def __post_init__(self) -> None:
+        if self.palette_pairs > 0 and self.invariance_weight <= 0:
+            raise ClipTrainingError("palette_pairs joins the invariance term; give invariance_weight > 0 as well")
 
 
 # Attributes that domain-preserving colour augmentation leaves intact, so they are valid targets on augmented images.
@@ -155,7 +165,7 @@ for _name in SHIPPED_STAGES:
 # run records the sha256 of its start file in its summary.
 PRESETS["clip_a_directed"] = replace(
     PRESETS["clip_a_anchored"], name="clip_a_directed", steps=300, lr=3e-4, warmup_steps=20,
-    init_weights="artifacts/mini_clip/clip_a_stage2.pt", direction_weight=5.0)
+    init_weights="artifacts/mini_clip/clip_a_stage2.pt", direction_weight=5.0, palette_pairs=16)
 
 
 def stage_of(name: str) -> tuple[str, int]:
@@ -235,6 +245,15 @@ def training_batch(config: ClipTrainConfig, step: int) -> dict[str, Any]:
         edits = hard_negatives(clean, pair_rng)
         colour = torch.isin(edits.kind, torch.tensor([HARD_NEGATIVE_KINDS.index(k) for k in COLOUR_EDIT_KINDS]))
         batch["invariance_pairs"] = (clean[colour], edits.images[colour])
+    if config.palette_pairs > 0:
+        pair_rng = torch.Generator().manual_seed(train_batch_seed(config.seed, step) + 3)
+        attrs = sample_attributes(config.palette_pairs, pair_rng)
+        others = [c for c in CHARACTERS if c != SOURCE_CHARACTER]
+        pick = torch.randint(len(others), (config.palette_pairs,), generator=pair_rng)
+        clean = render(attrs, SOURCE_STYLE, SOURCE_CHARACTER)
+        swapped = render(attrs, SOURCE_STYLE, SOURCE_CHARACTER, palette=[others[int(i)] for i in pick])
+        before, after = batch["invariance_pairs"]
+        batch["invariance_pairs"] = (torch.cat([before, clean]), torch.cat([after, swapped]))
     if config.direction_weight > 0:
         pair_rng = torch.Generator().manual_seed(train_batch_seed(config.seed, step) + 2)
         attrs = sample_attributes(config.direction_pairs, pair_rng)
@@ -509,6 +528,34 @@ def direction_scores(encoder: ClipEncoder, n_pairs: int = 200) -> dict[str, Any]
         diff = F.normalize(_image_features(encoder, images) - variant_sources[kind], dim=-1)
         means = (diff @ directions.t()).mean(0)
         negative_cos[kind] = {label: float(means[t]) for t, (label, *_rest) in enumerate(targets)}
+    # the colour half of each character change: the same faces in that character's colours, shapes unchanged; a
+    # guidance that scores these near the true targets' mean_cosine rewards recolouring as much as the change itself
+    palette_cos: dict[str, float] = {}
+    for t, (label, _, _, style, character) in enumerate(targets):
+        if style == SOURCE_STYLE and character != SOURCE_CHARACTER:
+            swapped = render(attrs, SOURCE_STYLE, SOURCE_CHARACTER, palette=character)
+            diff = F.normalize(_image_features(encoder, swapped) - source_feats, dim=-1)
+            palette_cos[label] = float((diff @ directions[t]).mean())
+    # one attribute redrawn on the same faces. In the source domain: the largest mean |cosine| of the change with any
+    # target direction (absolute, since redraws go both ways and a darker and a lighter skin would cancel in a plain
+    # mean), and that target. In each target domain: how much less the redrawn target aligns than the true one,
+    # averaged over domains (0: NADA's loss cannot tell a target with the wrong attribute from the right one).
+    redrawn = sample_attributes(n_pairs, torch.Generator().manual_seed(PAIR_SEED + 2))
+    attribute_cos: dict[str, dict[str, Any]] = {}
+    drops: dict[str, float] = {}
+    for a, name in enumerate(ATTRIBUTE_NAMES):
+        edited = attrs.clone()
+        edited[:, a] = redrawn[:, a]
+        diff = F.normalize(_image_features(encoder, render(edited, SOURCE_STYLE, SOURCE_CHARACTER)) - source_feats,
+                           dim=-1)
+        means = (diff @ directions.t()).abs().mean(0)
+        worst = int(means.argmax())
+        attribute_cos[name] = {"max_mean_abs_cosine": float(means[worst]), "target": targets[worst][0]}
+        per_domain = []
+        for t, (label, _, _, style, character) in enumerate(targets):
+            wrong = F.normalize(_image_features(encoder, render(edited, style, character)) - source_feats, dim=-1)
+            per_domain.append(per_target[label]["mean_cosine"] - float((wrong @ directions[t]).mean()))
+        drops[name] = sum(per_domain) / len(per_domain)
     return {
         "per_target": per_target,
         "min_mean_cosine": min(v["mean_cosine"] for v in per_target.values()),
@@ -518,6 +565,9 @@ def direction_scores(encoder: ClipEncoder, n_pairs: int = 200) -> dict[str, Any]
         "negatives_mean_cosine": negative_cos,
         "negatives_max_mean_cosine": max(max(negative_cos[k].values())
                                          for k in NEGATIVE_BAR_KINDS if k in negative_cos),
+        "palette_swap_mean_cosine": palette_cos,
+        "attribute_edit_max_mean_abs_cosine": attribute_cos,
+        "attribute_mismatch_cosine_drop": drops,
         "n_pairs": n_pairs,
     }
 
