@@ -232,8 +232,9 @@ COLOUR_EDIT_KINDS = ("colour_shift", "greyscale", "tint")
 def training_batch(config: ClipTrainConfig, step: int) -> dict[str, Any]:
     """Batch `step` of a run: renders, hard negatives, captions and augmentation, all from the step's own seed.
 
-    With the invariance term, also `invariance_pairs` (clean photo+human renders, colour-only edits of them), drawn
-    from a second stream of the step's seed so the contrastive batch is the same as without the term.
+    With the invariance term, also `invariance_pairs` (clean photo+human renders, colour-only edits of them, then
+    `palette_pairs` faces and the same faces in other characters' colours), drawn from their own streams of the
+    step's seed so the contrastive batch is the same as without the term.
     """
     rng = torch.Generator().manual_seed(train_batch_seed(config.seed, step))
     batch = sample_batch(config.batch_size, rng, hard_negative_fraction=config.hard_negative_fraction,
