@@ -461,3 +461,48 @@ def test_palette_pairs_join_the_invariance_term_as_recoloured_human_faces():
     with pytest.raises(train_clip.ClipTrainingError, match="invariance_weight"):
         replace(with_swaps, invariance_weight=0.0)
 
+
+
+def test_colour_anchor_reads_skin_and_hair_only_where_the_domain_draws_them():
+    mask = train_clip.colour_anchor_mask(["photo", "sketch", "photo", "photo", "neon", "comic"],
+                                         ["human", "human", "zombie", "werewolf", "elf", "clown"])
+    # columns: skin tone, hair colour. Zombies keep a quarter of the skin under the green; fur and face paint hide it;
+    # sketch and neon draw no palette from light to dark; a clown's tufts use hair colour as a hue
+    assert mask.tolist() == [[1, 1], [0, 0], [1, 1], [0, 1], [0, 0], [0, 0]]
+    assert train_clip.COLOUR_ANCHOR_ATTRIBUTES == ("skin_tone", "hair_color")
+
+
+def test_colour_anchor_loss_ignores_targets_that_hide_the_colours_and_trains_the_tower():
+    config = ClipTrainConfig(name="tiny", architecture=TINY, seed=4, batch_size=4, direction_weight=2.0,
+                             direction_pairs=6, colour_anchor_weight=5.0)
+    batch = train_clip.training_batch(config, 3)
+    source, target, shift = batch["direction_pairs"]
+    attrs = sample_attributes(6, torch.Generator().manual_seed(train_clip.train_batch_seed(4, 3) + 2))
+    assert torch.equal(batch["direction_attrs"], attrs)  # the attributes the paired renders were drawn from
+    model = build_clip(TINY, 2)
+    head = torch.nn.Linear(TINY.embed_dim, 2)
+    loss = train_clip.colour_anchor_loss(model, head, batch, "clip")
+    loss.backward()
+    assert float(loss.detach()) > 0 and model.visual.conv1.weight.grad.abs().sum() > 0
+    # with every pair's shift set to photo -> sketch (no skin or hair palette) the targets drop out of the loss
+    to_sketch = torch.full_like(shift, [d[3] for d in train_clip.target_domains()].index("sketch"))
+    with torch.no_grad():
+        masked = train_clip.colour_anchor_loss(model, head, dict(batch, direction_pairs=(source, target, to_sketch)),
+                                               "clip")
+        sources_only = train_clip.colour_anchor_loss(model, head,
+                                                     dict(batch, direction_pairs=(source, source, to_sketch)), "clip")
+    assert torch.allclose(masked, sources_only, atol=1e-6)
+    # the anchor reads the paired-direction renders, so it cannot be asked for without that term
+    with pytest.raises(train_clip.ClipTrainingError, match="direction_weight"):
+        replace(config, direction_weight=0.0)
+
+
+def test_colour_anchor_head_is_trained_and_never_exported(tmp_path):
+    config = ClipTrainConfig(name="tiny", architecture=TINY, seed=5, steps=2, batch_size=4, warmup_steps=1,
+                             pixels="clip", invariance_weight=1.0, invariance_pairs=4, direction_weight=1.0,
+                             direction_pairs=4, colour_anchor_weight=5.0)
+    train(config, tmp_path / "run", tmp_path / "out.pt", progress=False)
+    exported = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert not any(k.startswith("colour_head.") for k in exported)
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    assert state["model"]["colour_head.weight"].shape == (2, TINY.embed_dim)

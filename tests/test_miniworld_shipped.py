@@ -97,3 +97,25 @@ def test_recolouring_is_not_a_character_change_for_the_guidance_or_the_evaluator
         # and the evaluator, which scores the runs, still reads the recoloured faces as human
         read = evaluator.predict(recoloured)["character_logits"].argmax(1)
         assert float((read == 0).float().mean()) > 0.85, character
+
+
+def test_the_guidance_scores_a_zombie_with_the_wrong_skin_below_the_true_one():
+    """NADA's loss must resist human -> zombie drifting to darker skin. Before CLIP A's colour anchor both zombies
+    below scored alike (0.9705 and 0.9706) and NADA's zombies turned dark (skin-tone R^2 -1.87 at seed 0)."""
+    from replication.miniworld.attributes import ATTRIBUTE_INDEX, sample_attributes
+    from replication.miniworld.render import render
+
+    torch.set_num_threads(1)
+    attrs = sample_attributes(64, torch.Generator().manual_seed(5))
+    skin = ATTRIBUTE_INDEX["skin_tone"]
+    attrs[:, skin] *= 0.5
+    darker = attrs.clone()
+    darker[:, skin] += 0.5
+    clip = load_clip("mini-clip-a")
+    d = text_direction(clip, "human", "zombie")
+    with torch.no_grad():
+        f_human = clip.image_features(render(attrs, "photo", "human"))
+        cos = {name: torch.nn.functional.cosine_similarity(clip.image_features(render(a, "photo", "zombie")) - f_human,
+                                                           d).mean().item()
+               for name, a in (("true", attrs), ("darker", darker))}
+    assert cos["true"] > 0.9 and cos["darker"] < cos["true"] - 0.005, cos
