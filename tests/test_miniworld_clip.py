@@ -430,8 +430,9 @@ def test_each_stage_starts_from_the_file_the_stage_before_writes():
         assert train_clip.default_weights_path(stages[0], measuring=True) == train_clip.WEIGHTS_DIR / f"{family}.pt"
         assert train_clip.recipe_command(family).split(" && ") == [
             f"python -m replication.miniworld.train_clip --name {s}" for s in stages]
-    # the guidance CLIP's last stage is the only one with the paired-direction term
+    # only the guidance CLIP's stages from the third on have the paired-direction term
     assert PRESETS["clip_a_directed"].direction_weight > 0 and PRESETS["clip_a_anchored"].direction_weight == 0
+    assert PRESETS["clip_b_smiling"].direction_weight == 0
 
 
 def test_a_missing_start_file_names_the_stage_that_writes_it(tmp_path):
@@ -506,3 +507,49 @@ def test_colour_anchor_head_is_trained_and_never_exported(tmp_path):
     assert not any(k.startswith("colour_head.") for k in exported)
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
     assert state["model"]["colour_head.weight"].shape == (2, TINY.embed_dim)
+
+
+def test_smile_triplets_differ_only_in_the_mouth_and_the_smile_word():
+    images, texts = train_clip.smile_triplets(6, _gen(11), augment_strength=0.0)
+    assert images.shape == (18, 3, 64, 64) and len(texts) == 18
+    faces = images.unflatten(0, (6, 3))
+    for i in range(6):
+        smiling, plain, frowning = texts[3 * i:3 * i + 3]
+        assert " smiling " in smiling and " frowning " in frowning
+        assert "smiling" not in plain and "frowning" not in plain
+        assert smiling.replace("a smiling ", "").replace(" smiling ", " ") == frowning.replace(
+            "a frowning ", "").replace(" frowning ", " ")
+        for a, b in ((0, 1), (1, 2), (0, 2)):
+            changed = (faces[i, a] - faces[i, b]).abs().amax(0) > 0.05
+            # the mouth moves (up to a tenth of the image for the largest faces), nothing else does
+            assert 0 < int(changed.sum()) < 600
+    # the faces cover more than one domain, and the same generator state gives the same triplets
+    assert len({t.split(" of ")[0] for t in texts}) > 1
+    again, again_texts = train_clip.smile_triplets(6, _gen(11), augment_strength=0.0)
+    assert torch.equal(images, again) and texts == again_texts
+
+
+def test_smile_loss_trains_the_image_tower_to_tell_the_three_mouths_apart():
+    model = build_clip(TINY, 9)
+    images, texts = train_clip.smile_triplets(4, _gen(12), augment_strength=0.0)
+    loss = train_clip.smile_loss(model, images, texts, "clip")
+    assert torch.isfinite(loss) and float(loss) > 0
+    loss.backward()
+    assert model.visual.conv1.weight.grad.abs().sum() > 0
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = float(loss)
+    for _ in range(20):
+        optimizer.zero_grad()
+        train_clip.smile_loss(model, images, texts, "clip").backward()
+        optimizer.step()
+    assert float(train_clip.smile_loss(model, images, texts, "clip")) < before - 0.1
+
+
+def test_smile_triplets_join_the_batch_without_changing_the_contrastive_part():
+    base = ClipTrainConfig(name="tiny", architecture=TINY, seed=4, batch_size=8)
+    plain, with_smiles = train_clip.training_batch(base, 3), train_clip.training_batch(
+        replace(base, smile_weight=1.0, smile_triplets=5), 3)
+    assert torch.equal(plain["images"], with_smiles["images"]) and plain["captions"] == with_smiles["captions"]
+    assert "smile_triplets" not in plain and with_smiles["smile_triplets"][0].shape == (15, 3, 64, 64)
+    # both shipped families end with the smile term
+    assert all(PRESETS[stages[-1]].smile_weight > 0 for stages in train_clip.SHIPPED_STAGES.values())
