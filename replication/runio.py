@@ -4,9 +4,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,6 +28,12 @@ def repo_relative(path: str | Path) -> str:
     """The path as committed results show it: repo-relative when inside the repo (no machine-specific prefix)."""
     resolved = Path(path).resolve()
     return str(resolved.relative_to(REPO_ROOT) if resolved.is_relative_to(REPO_ROOT) else resolved)
+
+
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """The shell command that ran `python -m module` with argv (sys.argv[1:] when None), quoted to be re-run as is."""
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(["python -m", module, *(shlex.quote(a) for a in args)])
 
 
 def _umask_mode() -> int:

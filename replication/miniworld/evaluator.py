@@ -6,7 +6,6 @@ import argparse
 import itertools
 import json
 import math
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -30,7 +29,7 @@ from replication.miniworld.attributes import (
 from replication.miniworld.augment import augment, hard_negatives
 from replication.miniworld.data import HELDOUT_SEED_BASE, train_batch_seed
 from replication.miniworld.render import render
-from replication.runio import REPO_ROOT, atomic_torch_save, write_json
+from replication.runio import REPO_ROOT, atomic_torch_save, command_line, write_json
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "evaluator.pt"
 DEFAULT_RESULTS = REPO_ROOT / "results" / "mini_world" / "evaluator.json"
@@ -670,9 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_measure.add_argument("--samples-per-domain", type=int, default=2000)
     p_measure.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    command = "python -m replication.miniworld.evaluator " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
+    command = command_line("replication.miniworld.evaluator", argv)
     try:
         if args.threads < 1:
             raise EvaluatorError("--threads must be at least 1")

@@ -12,7 +12,6 @@ results/mini_world/smile_probe_<tower>.json.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from replication.clip_models import load_clip
 from replication.miniworld.data import HELDOUT_SEED_BASE
 from replication.miniworld.train_clip import (PRESETS, RESULTS_DIR, build_clip, clip_model, model_pixels,
                                               smile_loss, smile_triplets, tokenize)
-from replication.runio import repo_relative, write_json
+from replication.runio import command_line, repo_relative, write_json
 
 TOWERS = ("vit", "resnet")
 PROBE_SEED_BASE = 1_000_000  # training triplets; the held-out ones come from the held-out seed range
@@ -46,7 +45,7 @@ class SmileProbeConfig:
     tower: str = "vit"
     init: str | None = None  # a CLIP file to start from instead of a fresh tower (tower then reads "init")
     resnet_width: int = 32  # ModifiedResNet stem width; layers (1, 1, 1, 1)
-    steps: int = 400
+    steps: int = 1000
     lr: float = 5e-4
     triplets_per_step: int = 16
     augment_strength: float = 0.0
@@ -87,7 +86,8 @@ def heldout_scores(model: clip_model.CLIP, n_faces: int, chunk: int = 50) -> dic
         images, texts = smile_triplets(n, torch.Generator().manual_seed(HELDOUT_TRIPLET_SEED + start), 0.0)
         losses.append(float(smile_loss(model, images, texts, "clip")) * n)
         image_features = F.normalize(model.encode_image(model_pixels(images, "clip")), dim=-1).unflatten(0, (-1, 3))
-        text_features = F.normalize(model.encode_text(tokenize(texts, model.context_length)), dim=-1).unflatten(0, (-1, 3))
+        tokens = tokenize(texts, model.context_length)
+        text_features = F.normalize(model.encode_text(tokens), dim=-1).unflatten(0, (-1, 3))
         picked = (image_features @ text_features.transpose(1, 2)).argmax(-1)
         correct.append((picked == torch.arange(3)).float().flatten())
     return {"heldout_loss": sum(losses) / n_faces, "heldout_accuracy": float(torch.cat(correct).mean()),
@@ -146,9 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = run_probe(config, progress=not args.no_progress)
         label = Path(args.init).stem if args.init else args.tower
         out = args.out or RESULTS_DIR / f"smile_probe_{label}.json"
-        report.update({"command": "python -m replication.miniworld.smile_probe " + " ".join(
-            shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
-            "threads": args.threads, "seconds": round(time.time() - started, 1)})
+        report.update({"command": command_line("replication.miniworld.smile_probe", argv), "threads": args.threads,
+                       "seconds": round(time.time() - started, 1)})
         if args.init:
             report["config"]["init"] = repo_relative(Path(args.init))
         write_json(out, report)

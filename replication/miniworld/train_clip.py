@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import sys
 import time
 import warnings
@@ -49,7 +48,7 @@ from replication.miniworld.captions import ARTICLES, STYLE_FORMS
 from replication.miniworld.data import HELDOUT_SEED_BASE, heldout_set, sample_batch, train_batch_seed
 from replication.miniworld.evaluator import WHERE_RENDERED
 from replication.miniworld.render import render
-from replication.runio import REPO_ROOT, atomic_torch_save, repo_path, repo_relative, write_json
+from replication.runio import REPO_ROOT, atomic_torch_save, command_line, repo_path, repo_relative, write_json
 from replication.weights import file_sha256
 
 WEIGHTS_DIR = REPO_ROOT / "replication" / "miniworld" / "weights"
@@ -777,8 +776,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.steps is not None:
             config = replace(config, steps=args.steps)
         out_path = args.out or default_weights_path(args.name, args.measure)
-        command = "python -m replication.miniworld.train_clip " + " ".join(
-            shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+        command = command_line("replication.miniworld.train_clip", argv)
         if args.measure:
             if not Path(out_path).is_file():
                 raise ClipTrainingError(f"no weights at {out_path}; train them first with "

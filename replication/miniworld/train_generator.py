@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import io
 import math
-import shlex
 import sys
 import time
 import warnings
@@ -37,7 +36,7 @@ from replication.miniworld.attributes import (
 )
 from replication.miniworld.render import render
 from replication.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from replication.runio import (REPO_ROOT, atomic_torch_save, atomic_write_bytes, repo_path, repo_relative,
+from replication.runio import (REPO_ROOT, atomic_torch_save, atomic_write_bytes, command_line, repo_path, repo_relative,
                                write_json)
 from replication.weights import file_sha256
 
@@ -706,10 +705,6 @@ def memorise_probe(*, n_images: int = 8, steps: int = 300, lr: float = 5e-3, ini
 # CLI
 
 
-def _command_line(argv: Sequence[str]) -> str:
-    return "python -m replication.miniworld.train_generator " + " ".join(shlex.quote(a) for a in argv)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m replication.miniworld.train_generator", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -768,13 +763,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        loss=LossWeights(mouth=args.mouth),
                                        checkpoint_every=args.checkpoint_every, init_weights=init,
                                        init_sha256=init_sha)
-            path = train_generator(cfg, args.run_dir, args.out, command=_command_line(argv),
-                                   progress=not args.no_progress)
+            path = train_generator(cfg, args.run_dir, args.out, progress=not args.no_progress,
+                                   command=command_line("replication.miniworld.train_generator", argv))
             print(f"wrote {path}")
         elif args.command == "memorise":
             report = memorise_probe(n_images=args.images, steps=args.steps, lr=args.lr, init=args.init,
                                     grid_path=args.grid)
-            report["command"] = _command_line(argv)
+            report["command"] = command_line("replication.miniworld.train_generator", argv)
             report["grid"] = "top row G(z) after fitting, bottom row the renders it was fitted to"
             write_json(args.out, report)
             print(f"wrote {args.out} and {args.grid}")
@@ -782,7 +777,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = measure_generator(args.weights, evaluator_path=args.evaluator,
                                        evaluator_results=args.evaluator_results, n_samples=args.n_samples,
                                        seed=args.seed, grid_path=args.grid)
-            report["command"] = _command_line(argv)
+            report["command"] = command_line("replication.miniworld.train_generator", argv)
             write_json(args.out, report)
             print(f"wrote {args.out} and {args.grid}")
     except (GeneratorRecipeError, CheckpointError) as exc:
