@@ -197,6 +197,28 @@ def test_warm_start_refuses_a_changed_or_missing_stage_one_file(tmp_path):
         tg.build_models(wrong_arch)
 
 
+def test_reseeding_redraws_only_the_named_input_columns_of_a_warm_start(tmp_path):
+    stage1 = tg.train_generator(_tiny_config(steps=1), tmp_path / "s1", tmp_path / "s1.pt", progress=False)
+    G_start, _ = load_generator(stage1)
+    before = G_start.style[1].weight.detach().clone()
+    G, G_ema = tg.build_models(_tiny_config(init_weights=str(stage1), reseed_inputs=("smile",)))
+    after = G.style[1].weight.detach()
+    smile = ATTRIBUTE_INDEX["smile"]
+    others = [i for i in range(before.shape[1]) if i != smile]
+    assert torch.equal(after[:, others], before[:, others])
+    assert not torch.allclose(after[:, smile], before[:, smile])
+    attribute_columns = [i for i in range(NUM_ATTRIBUTES) if i != smile]
+    assert float(after[:, smile].norm()) == pytest.approx(float(before[:, attribute_columns].norm(dim=0).mean()),
+                                                          rel=1e-5)
+    assert torch.equal(G_ema.style[1].weight, after)  # the EMA starts from the reseeded G
+    G_again, _ = tg.build_models(_tiny_config(init_weights=str(stage1), reseed_inputs=("smile",)))
+    assert torch.equal(G_again.style[1].weight, after)  # seeded
+    with pytest.raises(tg.GeneratorRecipeError, match="unknown attribute"):
+        _tiny_config(init_weights=str(stage1), reseed_inputs=("grin",))
+    with pytest.raises(tg.GeneratorRecipeError, match="warm start"):
+        _tiny_config(reseed_inputs=("smile",))
+
+
 def test_cli_reports_missing_weights_with_exit_code_2(tmp_path, capsys):
     code = tg.main(["measure", "--weights", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "r.json"),
                     "--grid", str(tmp_path / "g.png"), "--n-samples", "16"])
