@@ -219,6 +219,22 @@ def test_reseeding_redraws_only_the_named_input_columns_of_a_warm_start(tmp_path
         _tiny_config(reseed_inputs=("smile",))
 
 
+def test_mapping_readout_finds_an_attribute_whose_input_column_is_cut():
+    G, _ = tg.build_models(_tiny_config(style_dim=16))
+    z = tg.draw_latents(600, 16, 1)
+    smile = ATTRIBUTE_INDEX["smile"]
+    with torch.no_grad():  # a random mapping that passes every attribute on
+        G.style[1].weight.copy_(torch.randn(G.style[1].weight.shape, generator=torch.Generator().manual_seed(0)))
+    seen = tg.mapping_readout(G, z)
+    with torch.no_grad():
+        G.style[1].weight[:, smile] = 0.0
+    cut = tg.mapping_readout(G, z)
+    assert cut["mapping_input_column_norm"]["smile"] == 0.0
+    assert seen["w_readout_r2"]["smile"] > 0.5 and cut["w_readout_r2"]["smile"] < 0.05
+    # the other attributes still reach w
+    assert min(v for k, v in cut["w_readout_r2"].items() if k != "smile") > 0.3
+
+
 def test_cli_reports_missing_weights_with_exit_code_2(tmp_path, capsys):
     code = tg.main(["measure", "--weights", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "r.json"),
                     "--grid", str(tmp_path / "g.png"), "--n-samples", "16"])

@@ -230,9 +230,10 @@ class TrainGeneratorConfig:
     init_sha256: str = ""
     # Attributes whose input column of the first mapping layer a warm start redraws (random direction, the mean norm
     # of the other attribute columns) before training. The shipped generator's smile column has norm 0.67 against
-    # 3.4-14.9 for the other attributes (0.1-0.2 for the unused dims): it learned to ignore the smile while mouths were
-    # blurred, and a linear read-out of w finds no smile (R^2 -0.02, every other attribute 0.82-0.99), so no later
-    # loss on the mouth could draw it (2,000 + 2,000 steps of the mouth term, 2026-12-03).
+    # 3.4-14.9 for the other attributes (0.16 for the unused dims): it learned to ignore the smile while mouths were
+    # blurred, and a linear read-out of w finds no smile (R^2 0.01, every other attribute 0.82-0.99; `w_readout_r2`
+    # in generator.json). 4,000 steps of the mouth term did not change that; after reseeding, 2,000 of them put the
+    # smile back into w (R^2 0.84), though not yet into the drawn mouth (issue 4 note of 2026-12-03).
     reseed_inputs: tuple[str, ...] = ()
     # Adversarial term (pix2pix-style: the paired distillation keeps G(z) on its render, a small StyleGAN2
     # discriminator judging single images removes the blur that the regression leaves on eyes, mouths and glasses).
@@ -573,6 +574,26 @@ def latent_sensitivity(G: Generator, z: Tensor) -> dict[str, float]:
     return out
 
 
+@torch.no_grad()
+def mapping_readout(G: Generator, z: Tensor, train_fraction: float = 0.75, ridge: float = 1e-2) -> dict[str, Any]:
+    """What the mapping network passes on, per attribute: the norm of its input column in the first mapping layer and
+    the held-out R^2 of a ridge linear read-out of the attribute from w = mapping(z). An attribute missing from w
+    cannot be drawn, whatever the synthesis layers learn."""
+    w = G.style(z)
+    attrs = latent_to_attributes(z)
+    x = torch.cat([w, torch.ones(len(w), 1)], 1).double()
+    n_train = int(len(z) * train_fraction)
+    fit, held = slice(0, n_train), slice(n_train, None)
+    gram = x[fit].T @ x[fit] + ridge * torch.eye(x.shape[1], dtype=x.dtype)
+    coef = torch.linalg.solve(gram, x[fit].T @ attrs[fit].double())
+    residual = (x[held] @ coef - attrs[held].double()).pow(2).sum(0)
+    total = (attrs[held].double() - attrs[held].double().mean(0)).pow(2).sum(0).clamp_min(1e-12)
+    norms = G.style[1].weight.norm(dim=0)
+    return {"w_readout_r2": {n: float(1 - r / t) for n, r, t in zip(ATTRIBUTE_NAMES, residual, total)},
+            "mapping_input_column_norm": {n: float(norms[i]) for i, n in enumerate(ATTRIBUTE_NAMES)},
+            "mapping_input_column_norm_unused_mean": float(norms[NUM_ATTRIBUTES:].mean())}
+
+
 def _evaluator_scores(evaluator_path: Path, evaluator_results: Path, fake: Tensor, paired_real: Tensor,
                       reference_real: Tensor, true_attrs: Tensor) -> dict[str, Any]:
     from replication.miniworld.attributes import CHARACTERS, STYLES
@@ -674,6 +695,7 @@ def measure_generator(weights: Path, *, evaluator_path: Path | None = DEFAULT_EV
         "paired_edge_correlation": float(edge_correlation(fake, paired_real).mean()),
         "gradient_energy_ratio": _gradient_energy(fake) / _gradient_energy(paired_real),
         "latent_sensitivity_ratio": latent_sensitivity(G, z[:64]),
+        **mapping_readout(G, z[:4000]),
     }
     if grid_path is not None:
         save_sample_grid(grid_path, G, z[:16])
