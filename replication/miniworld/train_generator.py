@@ -233,7 +233,8 @@ class TrainGeneratorConfig:
     # 3.4-14.9 for the other attributes (0.16 for the unused dims): it learned to ignore the smile while mouths were
     # blurred, and a linear read-out of w finds no smile (R^2 0.01, every other attribute 0.82-0.99; `w_readout_r2`
     # in generator.json). 4,000 steps of the mouth term did not change that; after reseeding, 2,000 of them put the
-    # smile back into w (R^2 0.84), though not yet into the drawn mouth (issue 4 note of 2026-12-03).
+    # smile back into w (R^2 0.84), and 3,000 more at mouth weight 5 into the drawn mouth (smile span 0.90:
+    # weights/candidates/generator_smile.pt, issue 4 note of 2026-12-03).
     reseed_inputs: tuple[str, ...] = ()
     # Adversarial term (pix2pix-style: the paired distillation keeps G(z) on its render, a small StyleGAN2
     # discriminator judging single images removes the blur that the regression leaves on eyes, mouths and glasses).
