@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from replication.clip_models import load_clip
 from replication.miniworld.data import HELDOUT_SEED_BASE
-from replication.miniworld.train_clip import (PRESETS, RESULTS_DIR, build_clip, clip_model, model_pixels,
-                                              smile_loss, smile_triplets, tokenize)
+from replication.miniworld.train_clip import (PRESETS, RESULTS_DIR, build_clip, clip_model, smile_logits, smile_loss,
+                                              smile_triplets)
 from replication.runio import command_line, repo_relative, write_json
 
 TOWERS = ("vit", "resnet")
@@ -84,11 +83,9 @@ def heldout_scores(model: clip_model.CLIP, n_faces: int, chunk: int = 50) -> dic
     for start in range(0, n_faces, chunk):
         n = min(chunk, n_faces - start)
         images, texts = smile_triplets(n, torch.Generator().manual_seed(HELDOUT_TRIPLET_SEED + start), 0.0)
-        losses.append(float(smile_loss(model, images, texts, "clip")) * n)
-        image_features = F.normalize(model.encode_image(model_pixels(images, "clip")), dim=-1).unflatten(0, (-1, 3))
-        tokens = tokenize(texts, model.context_length)
-        text_features = F.normalize(model.encode_text(tokens), dim=-1).unflatten(0, (-1, 3))
-        picked = (image_features @ text_features.transpose(1, 2)).argmax(-1)
+        logits = smile_logits(model, images, texts, "clip")
+        losses.append(float(smile_loss(model, images, texts, "clip", logits)) * n)
+        picked = logits.argmax(-1)
         correct.append((picked == torch.arange(3)).float().flatten())
     return {"heldout_loss": sum(losses) / n_faces, "heldout_accuracy": float(torch.cat(correct).mean()),
             "chance_loss": float(torch.log(torch.tensor(3.0))), "chance_accuracy": 1 / 3}

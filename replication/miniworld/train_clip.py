@@ -47,6 +47,7 @@ from replication.miniworld.augment import HARD_NEGATIVE_KINDS, augment, hard_neg
 from replication.miniworld.captions import ARTICLES, STYLE_FORMS
 from replication.miniworld.data import HELDOUT_SEED_BASE, heldout_set, sample_batch, train_batch_seed
 from replication.miniworld.evaluator import WHERE_RENDERED
+from replication.miniworld.readout import ridge_readout_r2
 from replication.miniworld.render import render
 from replication.runio import REPO_ROOT, atomic_torch_save, command_line, repo_path, repo_relative, write_json
 from replication.weights import file_sha256
@@ -411,11 +412,19 @@ def colour_anchor_loss(model: clip_model.CLIP, head: torch.nn.Linear, batch: dic
     return ((pred - truth).pow(2) * mask).sum() / mask.sum()
 
 
-def smile_loss(model: clip_model.CLIP, images: torch.Tensor, texts: Sequence[str], pixels: str) -> torch.Tensor:
-    """Cross-entropy, both ways, of each face's three smile renders against its three captions (smile_triplets)."""
+def smile_logits(model: clip_model.CLIP, images: torch.Tensor, texts: Sequence[str], pixels: str) -> torch.Tensor:
+    """[n, image, caption] scaled cosines of each face's three smile renders against its three captions."""
     image_features = F.normalize(model.encode_image(model_pixels(images, pixels)), dim=-1).unflatten(0, (-1, 3))
     text_features = F.normalize(model.encode_text(tokenize(texts, model.context_length)), dim=-1).unflatten(0, (-1, 3))
-    logits = model.logit_scale.exp() * image_features @ text_features.transpose(1, 2)  # [n, image, caption]
+    return model.logit_scale.exp() * image_features @ text_features.transpose(1, 2)
+
+
+def smile_loss(model: clip_model.CLIP, images: torch.Tensor, texts: Sequence[str], pixels: str,
+               logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy, both ways, of each face's three smile renders against its three captions (smile_triplets);
+    `logits` (smile_logits of the same arguments) when the caller has them already."""
+    if logits is None:
+        logits = smile_logits(model, images, texts, pixels)
     target = torch.arange(3).repeat(len(logits))
     return 0.5 * (F.cross_entropy(logits.flatten(0, 1), target)
                   + F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), target))
@@ -710,17 +719,8 @@ def attribute_probe_r2(encoder: ClipEncoder, data: dict[str, Any], train_fractio
     Whether the embedding carries an attribute at all: a zero-shot question ("smiling?") cannot be answered from an
     embedding whose probe R^2 is about 0, whatever the text side learned.
     """
-    feats = _image_features(encoder, data["images"]).double()
-    y = attribute_targets(data["attrs"]).double()
-    n_train = int(len(feats) * train_fraction)
-    # standardise with the fitting part's statistics, so the ridge shrinks every direction alike and not the bias
-    mean, std = feats[:n_train].mean(0), feats[:n_train].std(0).clamp_min(1e-8)
-    x = (feats - mean) / std
-    y_mean = y[:n_train].mean(0)
-    gram = x[:n_train].t() @ x[:n_train] + ridge * n_train * torch.eye(x.shape[1], dtype=x.dtype)
-    weights = torch.linalg.solve(gram, x[:n_train].t() @ (y[:n_train] - y_mean))
-    residual = x[n_train:] @ weights + y_mean - y[n_train:]
-    r2 = 1.0 - residual.pow(2).mean(0) / y[n_train:].var(0, unbiased=False)
+    r2 = ridge_readout_r2(_image_features(encoder, data["images"]), attribute_targets(data["attrs"]), train_fraction,
+                          ridge)
     return {name: float(v) for name, v in zip(GEOMETRY_ATTRIBUTES, r2)}
 
 

@@ -34,6 +34,7 @@ from replication.miniworld.attributes import (
     NUM_ATTRIBUTES,
     sample_attributes,
 )
+from replication.miniworld.readout import ridge_readout_r2
 from replication.miniworld.render import render
 from replication.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from replication.runio import (REPO_ROOT, atomic_torch_save, atomic_write_bytes, command_line, repo_path, repo_relative,
@@ -231,9 +232,9 @@ class TrainGeneratorConfig:
     # Attributes whose input column of the first mapping layer a warm start redraws (random direction, the mean norm
     # of the other attribute columns) before training. The shipped generator's smile column has norm 0.67 against
     # 3.4-14.9 for the other attributes (0.16 for the unused dims): it learned to ignore the smile while mouths were
-    # blurred, and a linear read-out of w finds no smile (R^2 0.01, every other attribute 0.82-0.99; `w_readout_r2`
+    # blurred, and a linear read-out of w finds no smile (R^2 0.005, every other attribute 0.78-0.99; `w_readout_r2`
     # in generator.json). 4,000 steps of the mouth term did not change that; after reseeding, 2,000 of them put the
-    # smile back into w (R^2 0.84), and 3,000 more at mouth weight 5 into the drawn mouth (smile span 0.90:
+    # smile back into w (R^2 0.83), and 3,000 more at mouth weight 5 into the drawn mouth (smile span 0.90:
     # weights/candidates/generator_smile.pt, issue 4 note of 2026-12-03).
     reseed_inputs: tuple[str, ...] = ()
     # Adversarial term (pix2pix-style: the paired distillation keeps G(z) on its render, a small StyleGAN2
@@ -411,7 +412,7 @@ def _load_state(path: Path, cfg: TrainGeneratorConfig) -> dict[str, Any] | None:
     saved_cfg = {k: v for k, v in dict(state.get("config") or {}).items() if k not in ignored}
     if isinstance(saved_cfg.get("loss"), dict):  # states written before a loss term existed ran it at its default
         saved_cfg["loss"] = {**dataclasses.asdict(LossWeights()), **saved_cfg["loss"]}
-    saved_cfg.setdefault("reseed_inputs", [])  # nor did states written before warm starts could reseed inputs
+    saved_cfg.setdefault("reseed_inputs", [])  # states from before reseeding existed reseeded nothing
     if saved_cfg != {k: v for k, v in cfg.to_dict().items() if k not in ignored}:
         raise GeneratorRecipeError(f"{path} was written by a run with a different config; use a new --run-dir or "
                                    f"delete {path}")
@@ -580,17 +581,9 @@ def mapping_readout(G: Generator, z: Tensor, train_fraction: float = 0.75, ridge
     """What the mapping network passes on, per attribute: the norm of its input column in the first mapping layer and
     the held-out R^2 of a ridge linear read-out of the attribute from w = mapping(z). An attribute missing from w
     cannot be drawn, whatever the synthesis layers learn."""
-    w = G.style(z)
-    attrs = latent_to_attributes(z)
-    x = torch.cat([w, torch.ones(len(w), 1)], 1).double()
-    n_train = int(len(z) * train_fraction)
-    fit, held = slice(0, n_train), slice(n_train, None)
-    gram = x[fit].T @ x[fit] + ridge * torch.eye(x.shape[1], dtype=x.dtype)
-    coef = torch.linalg.solve(gram, x[fit].T @ attrs[fit].double())
-    residual = (x[held] @ coef - attrs[held].double()).pow(2).sum(0)
-    total = (attrs[held].double() - attrs[held].double().mean(0)).pow(2).sum(0).clamp_min(1e-12)
+    r2 = ridge_readout_r2(G.style(z), latent_to_attributes(z), train_fraction, ridge)
     norms = G.style[1].weight.norm(dim=0)
-    return {"w_readout_r2": {n: float(1 - r / t) for n, r, t in zip(ATTRIBUTE_NAMES, residual, total)},
+    return {"w_readout_r2": {n: float(v) for n, v in zip(ATTRIBUTE_NAMES, r2)},
             "mapping_input_column_norm": {n: float(norms[i]) for i, n in enumerate(ATTRIBUTE_NAMES)},
             "mapping_input_column_norm_unused_mean": float(norms[NUM_ATTRIBUTES:].mean())}
 
