@@ -82,13 +82,21 @@ mini-world-clip-b: env
 mini-world-evaluator: env
 	$(PY) -m replication.miniworld.evaluator train --out replication/miniworld/weights/evaluator.pt
 
-# The generator is stage 1 (2,400 steps from scratch, artifacts/) continued by stage 2: 16,000 more distillation steps
-# (about 70 min on two threads, twice that on one; resumable). Stage 2 records stage 1's sha256.
+# The generator is four resumable stages (artifacts/ between them): 2,400 steps from scratch; 16,000 more distillation
+# steps (about 70 min on two threads, twice that on one); 2,000 with the smile's mapping input reseeded and the mouth
+# term (the stage-2 mapping network drops the smile: issue 4 note of 2026-12-03); 3,000 with a stronger mouth term.
+# Each stage records the sha256 of the one it starts from.
 GEN_STAGE1 := artifacts/mini_world/generator_stage1.pt
+GEN_STAGE2 := artifacts/mini_world/generator_stage2.pt
+GEN_STAGE3 := artifacts/mini_world/generator_stage3.pt
 mini-world-generator: env
 	$(PY) -m replication.miniworld.train_generator train --out $(GEN_STAGE1)
 	$(PY) -m replication.miniworld.train_generator train --init $(GEN_STAGE1) --steps 16000 --lr 5e-3 \
-		--run-dir artifacts/mini_world/generator_stage2 --out replication/miniworld/weights/generator.pt
+		--run-dir artifacts/mini_world/generator_stage2 --out $(GEN_STAGE2)
+	$(PY) -m replication.miniworld.train_generator train --init $(GEN_STAGE2) --reseed-inputs smile --steps 2000 \
+		--lr 3e-3 --mouth 2.0 --run-dir artifacts/mini_world/generator_stage3 --out $(GEN_STAGE3)
+	$(PY) -m replication.miniworld.train_generator train --init $(GEN_STAGE3) --steps 3000 --lr 3e-3 --mouth 5.0 \
+		--run-dir artifacts/mini_world/generator_stage4 --out replication/miniworld/weights/generator.pt
 
 mini-measure: env
 	$(PY) -m replication.miniworld.train_clip --measure --name clip_a

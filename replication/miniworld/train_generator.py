@@ -6,7 +6,7 @@ render(latent_to_attributes(z), "photo", "human") with pixel, multi-scale, gradi
 then the ground truth of every sample: G_src(z) shows the face whose attributes are latent_to_attributes(z).
 
     python -m replication.miniworld.train_generator train     # stage 1: resumable, ~20-25 min on one CPU thread
-    make mini-world-generator                                 # stage 1, then the long stage 2 the shipped one had
+    make mini-world-generator                                 # all four stages of the shipped generator
     python -m replication.miniworld.train_generator measure   # -> results/mini_world/generator.json + sample grid
 """
 from __future__ import annotations
@@ -226,7 +226,8 @@ class TrainGeneratorConfig:
     loss: LossWeights = LossWeights()
     # Warm start: a checkpoint of this recipe (repo-relative path) whose g_ema initialises G and G_ema, and its sha256.
     # The shipped generator is stage 1 (these defaults, from scratch) continued by a long stage 2 from it (distillation
-    # only, 16,000 steps at lr 5e-3); `make mini-world-generator` runs both.
+    # only, 16,000 steps at lr 5e-3), then stages 3 and 4 that teach it the smile (below); `make mini-world-generator`
+    # runs all four.
     init_weights: str = ""
     init_sha256: str = ""
     # Attributes whose input column of the first mapping layer a warm start redraws (random direction, the mean norm
@@ -234,8 +235,8 @@ class TrainGeneratorConfig:
     # 3.4-14.9 for the other attributes (0.16 for the unused dims): it learned to ignore the smile while mouths were
     # blurred, and a linear read-out of w finds no smile (R^2 0.005, every other attribute 0.78-0.99; `w_readout_r2`
     # in generator.json). 4,000 steps of the mouth term did not change that; after reseeding, 2,000 of them put the
-    # smile back into w (R^2 0.83), and 3,000 more at mouth weight 5 into the drawn mouth (smile span 0.90:
-    # weights/candidates/generator_smile.pt, issue 4 note of 2026-12-03).
+    # smile back into w (R^2 0.83), and 3,000 more at mouth weight 5 into the drawn mouth (smile span 0.90: stages 3
+    # and 4 of the shipped generator, issue 4 note of 2026-12-03).
     reseed_inputs: tuple[str, ...] = ()
     # Adversarial term (pix2pix-style: the paired distillation keeps G(z) on its render, a small StyleGAN2
     # discriminator judging single images removes the blur that the regression leaves on eyes, mouths and glasses).
