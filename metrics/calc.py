@@ -45,17 +45,19 @@ def _clip_tag(name: str) -> str:
 
 @torch.no_grad()
 def clip_scores(G_src, G_tgt, z: torch.Tensor, encoder, source_text: str, target_text: str,
-                x_true: torch.Tensor | None = None) -> dict[str, float]:
+                x_true: torch.Tensor | None = None, *,
+                images: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
     """Directional CLIP similarity (image-pair direction vs 79-template text direction) and target-text similarity.
 
     With `x_true` (the true target image of each latent, mini world) also `truth_clip_dir`: the same directional
     similarity had G_tgt drawn exactly the truth. Where clip_dir exceeds it, this CLIP's directional loss prefers the
-    adapted images to the true target domain, so no amount of training toward it reaches the truth.
+    adapted images to the true target domain, so no amount of training toward it reaches the truth. `images`:
+    (G_src(z), G_tgt(z)) already drawn by `metrics.miniworld.sample`, so several scorers share one synthesis.
     """
     from metrics.miniworld import sample
     from replication.losses import text_direction
 
-    x_src, x_tgt = sample(G_src, z), sample(G_tgt, z)
+    x_src, x_tgt = images if images is not None else (sample(G_src, z), sample(G_tgt, z))
     direction = text_direction(encoder, source_text, target_text)
     f_src, f_tgt = encoder.image_features(x_src), encoder.image_features(x_tgt)
 
@@ -85,25 +87,29 @@ def score_mini_run(G_src, G_tgt, shift: ShiftConfig, n: int = 500) -> list[dict]
     from replication import weights
 
     evaluator = load_evaluator(weights.resolve("mini-evaluator"))
-    truth = score_shift(G_src, G_tgt, evaluator, kind, z, true_attrs=latent_to_attributes(z))
+    # Drawn once: synthesis is most of the scoring time on a CPU (seven draws of 500 images before).
+    images = (sample(G_src, z), sample(G_tgt, z))
+    truth = score_shift(G_src, G_tgt, evaluator, kind, z, true_attrs=latent_to_attributes(z), images=images)
     rows = [dict(metric=f"mini_{k}_n{n}", value=v, n_samples=n, protocol="evaluator-v1 const-noise psi1")
             for k, v in truth.items() if k != "n_samples"]
     # FID in the evaluator's feature space against true renders of the target domain (held-out attribute seed)
     real = render(sample_attributes(n, torch.Generator().manual_seed(424242)), kind.target_style,
                   kind.target_character)
-    fake = sample(G_tgt, z)
+    fake = images[1]
     fid = frechet_distance(evaluator.features(fake).cpu().numpy(), evaluator.features(real).cpu().numpy())
     rows.append(dict(metric=f"mini_fid_evaluator_n{n}", value=fid, n_samples=n, protocol="evaluator-v1 penultimate"))
     x_true = render(latent_to_attributes(z), kind.target_style, kind.target_character)
     encoder = load_clip(EVAL_CLIP_MINI)
-    for k, v in clip_scores(G_src, G_tgt, z, encoder, task.source_text, task.target_text, x_true).items():
+    for k, v in clip_scores(G_src, G_tgt, z, encoder, task.source_text, task.target_text, x_true,
+                                  images=images).items():
         rows.append(dict(metric=f"{k}_{_clip_tag(EVAL_CLIP_MINI)}_n{n}", value=v, n_samples=n,
                          protocol=f"eval CLIP {EVAL_CLIP_MINI}"))
     # The guidance CLIPs' own view: does the loss the run descended prefer its result to the true target?
     for name in shift.nada.clip_models:
         if name == EVAL_CLIP_MINI:
             continue
-        scores = clip_scores(G_src, G_tgt, z, load_clip(name), task.source_text, task.target_text, x_true)
+        scores = clip_scores(G_src, G_tgt, z, load_clip(name), task.source_text, task.target_text, x_true,
+                             images=images)
         for k in ("clip_dir", "truth_clip_dir"):
             rows.append(dict(metric=f"train_{k}_{_clip_tag(name)}_n{n}", value=scores[k], n_samples=n,
                              protocol=f"guidance CLIP {name}"))

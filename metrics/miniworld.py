@@ -72,13 +72,15 @@ def sample(G, z: torch.Tensor, batch: int = 100) -> torch.Tensor:
 
 @torch.no_grad()
 def score_shift(G_src, G_tgt, evaluator, shift: MiniShift, z: torch.Tensor, *,
-                true_attrs: torch.Tensor | None = None) -> dict[str, float]:
+                true_attrs: torch.Tensor | None = None,
+                images: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
     """Ground-truth scores of G_tgt against the mini world on latents z.
 
     The truth for G_tgt(z) is the render, in the target domain, of the attributes the evaluator reads from G_src(z)
-    (or of `true_attrs` when the generator's latent-to-attribute map is known).
+    (or of `true_attrs` when the generator's latent-to-attribute map is known). `images`: (G_src(z), G_tgt(z)) when
+    the caller has drawn them already.
     """
-    x_src, x_tgt = sample(G_src, z), sample(G_tgt, z)
+    x_src, x_tgt = images if images is not None else (sample(G_src, z), sample(G_tgt, z))
     pred_src, pred_tgt = evaluator.predict(x_src), evaluator.predict(x_tgt)
     attrs_src = pred_src["attrs"].clamp(0, 1).cpu()
     truth_attrs = attrs_src if true_attrs is None else true_attrs.cpu()

@@ -330,6 +330,10 @@ def test_latent_sensitivity_is_zero_for_an_attribute_the_generator_ignores():
     moved = tg.redraw_attribute(z, smile)
     change = (tg.latent_to_attributes(moved) - tg.latent_to_attributes(z)).abs().amax(0)
     assert change[smile] > 0 and torch.all(change[torch.arange(NUM_ATTRIBUTES) != smile] < 1e-6)
+    # The renderer draws a smile only inside the mouth mask; a G that ignores the smile moves nowhere.
+    split = tg.smile_change_by_region(G, z)
+    assert split["render_in_mouth"] > 0.0 and split["render_outside_mouth"] < 1e-6
+    assert split["generator_in_mouth"] == 0.0 and split["generator_outside_mouth"] == 0.0
 
 
 def test_shipped_generator_draws_the_smile_its_latent_asks_for():

@@ -72,6 +72,13 @@ def test_truth_clip_dir_scores_the_true_target_like_an_adapted_generator():
         G_tgt.to_rgb1.bias.add_(0.3)
     same = clip_scores(G_src, G_tgt, z, clip, "photo", "sketch", sample(G_tgt, z))
     assert abs(same["truth_clip_dir"] - same["clip_dir"]) < 1e-6 and same["clip_dir"] != 0.0
+    # scorers handed images drawn once (as score_mini_run does) give exactly the numbers of their own draws
+    drawn = (sample(G_src, z), sample(G_tgt, z))
+    assert clip_scores(G_src, G_tgt, z, clip, "photo", "sketch", drawn[1], images=drawn) == same
+    from metrics.miniworld import mini_shift, score_shift
+
+    evaluator, kind = load_evaluator(), mini_shift("photo", "sketch")
+    assert score_shift(G_src, G_tgt, evaluator, kind, z, images=drawn) == score_shift(G_src, G_tgt, evaluator, kind, z)
 
 
 def test_recolouring_is_not_a_character_change_for_the_guidance_or_the_evaluator():

@@ -578,6 +578,23 @@ def latent_sensitivity(G: Generator, z: Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
+def smile_change_by_region(G: Generator, z: Tensor) -> dict[str, float]:
+    """Where G's pixels move when only the smile changes: mean absolute change inside the mouth (the union of both
+    mouths' masks) and outside it, for G and for the render (which moves nothing outside the mouth). Splits a large
+    smile `latent_sensitivity` into a mouth drawn too strongly and a change leaking onto the rest of the face."""
+    smile = ATTRIBUTE_INDEX["smile"]
+    moved = redraw_attribute(z, smile)
+    mask = torch.maximum(mouth_mask(latent_to_attributes(z)), mouth_mask(latent_to_attributes(moved)))
+    out = {}
+    for name, before, after in (("generator", sample_generator(G, z), sample_generator(G, moved)),
+                                ("render", target_images(z), target_images(moved))):
+        change = (after - before).abs().mean(1, keepdim=True)
+        out[f"{name}_in_mouth"] = float((change * mask).sum() / mask.sum().clamp_min(1e-12))
+        out[f"{name}_outside_mouth"] = float((change * (1 - mask)).sum() / (1 - mask).sum().clamp_min(1e-12))
+    return out
+
+
+@torch.no_grad()
 def mapping_readout(G: Generator, z: Tensor, train_fraction: float = 0.75, ridge: float = 1e-2) -> dict[str, Any]:
     """What the mapping network passes on, per attribute: the norm of its input column in the first mapping layer and
     the held-out R^2 of a ridge linear read-out of the attribute from w = mapping(z). An attribute missing from w
@@ -690,6 +707,7 @@ def measure_generator(weights: Path, *, evaluator_path: Path | None = DEFAULT_EV
         "paired_edge_correlation": float(edge_correlation(fake, paired_real).mean()),
         "gradient_energy_ratio": _gradient_energy(fake) / _gradient_energy(paired_real),
         "latent_sensitivity_ratio": latent_sensitivity(G, z[:64]),
+        "smile_change_by_region": smile_change_by_region(G, z[:64]),
         **mapping_readout(G, z[:4000]),
     }
     if grid_path is not None:
