@@ -17,6 +17,23 @@ def test_both_towers_build_as_openai_clip_models_with_clip_a_text_tower():
     assert resnet.encode_image(images).shape == vit.encode_image(images).shape
 
 
+def test_a_resnet_mini_clip_saved_as_a_state_dict_loads_like_the_shipped_ones(tmp_path):
+    """A CLIP retrained with the convolutional tower must load through clip.load's build_model path, as NADA does."""
+    from dataclasses import replace
+
+    from replication.clip_models import load_clip
+    from replication.miniworld.train_clip import PRESETS, build_clip
+
+    arch = replace(PRESETS["clip_a"].architecture, vision_layers=(1, 1, 1, 1), vision_width=8)
+    model = build_clip(arch, seed=0).eval()
+    torch.save(model.state_dict(), tmp_path / "clip_resnet.pt")
+    loaded = load_clip(tmp_path / "clip_resnet.pt", dtype=torch.float32)
+    assert loaded.input_resolution == 64 and type(loaded.model.visual).__name__ == "ModifiedResNet"
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model.encode_image(images), model.encode_image(images), atol=1e-5)
+
+
 def test_a_tower_that_cannot_tell_the_mouths_apart_scores_chance():
     model = smile_probe.build_tower(SmileProbeConfig(tower="resnet", resnet_width=8))
     # a constant image embedding: every image of a face picks the same caption, one in three is right

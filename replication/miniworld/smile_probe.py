@@ -15,7 +15,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +66,9 @@ def build_tower(config: SmileProbeConfig) -> clip_model.CLIP:
                                   "replication/miniworld/weights/clip_a.pt")
         return load_clip(config.init, dtype=torch.float32).model.requires_grad_(True)
     arch = PRESETS["clip_a"].architecture
-    if config.tower == "vit":
-        return build_clip(arch, config.seed)
-    torch.manual_seed(config.seed)
-    # clip.model.CLIP builds a ModifiedResNet when vision_layers is a tuple; its patch size is unused.
-    return clip_model.CLIP(arch.embed_dim, arch.image_resolution, (1, 1, 1, 1), config.resnet_width, None,
-                           arch.context_length, arch.vocab_size, arch.transformer_width, arch.transformer_heads,
-                           arch.transformer_layers).float()
+    if config.tower == "resnet":
+        arch = replace(arch, vision_layers=(1, 1, 1, 1), vision_width=config.resnet_width)
+    return build_clip(arch, config.seed)
 
 
 @torch.no_grad()

@@ -65,10 +65,15 @@ class ClipTrainingError(ValueError):
 
 @dataclass(frozen=True)
 class ClipArchitecture:
-    """Sizes of an OpenAI `clip.model.CLIP`; heads are width // 64 because clip's build_model infers them that way."""
+    """Sizes of an OpenAI `clip.model.CLIP`; heads are width // 64 because clip's build_model infers them that way.
+
+    `vision_layers` an int: a ViT image tower of that depth; a tuple of four block counts: clip's ModifiedResNet (as
+    in RN50), whose stem width is `vision_width` and which ignores the patch size. The ViT towers cannot learn the
+    smile (results/mini_world/smile_probe_*.json), a (1, 1, 1, 1) ResNet of width 16 can.
+    """
 
     embed_dim: int
-    vision_layers: int
+    vision_layers: int | tuple[int, int, int, int]
     vision_width: int
     vision_patch_size: int
     transformer_width: int
@@ -203,7 +208,8 @@ def build_clip(arch: ClipArchitecture, seed: int) -> clip_model.CLIP:
     """A freshly initialised fp32 CLIP of the given sizes (clip's own initialisation, seeded)."""
     torch.manual_seed(seed)
     return clip_model.CLIP(
-        embed_dim=arch.embed_dim, image_resolution=arch.image_resolution, vision_layers=arch.vision_layers,
+        embed_dim=arch.embed_dim, image_resolution=arch.image_resolution,
+        vision_layers=tuple(arch.vision_layers) if isinstance(arch.vision_layers, (tuple, list)) else arch.vision_layers,
         vision_width=arch.vision_width, vision_patch_size=arch.vision_patch_size,
         context_length=arch.context_length, vocab_size=arch.vocab_size,
         transformer_width=arch.transformer_width, transformer_heads=arch.transformer_heads,
