@@ -208,8 +208,7 @@ def build_clip(arch: ClipArchitecture, seed: int) -> clip_model.CLIP:
     """A freshly initialised fp32 CLIP of the given sizes (clip's own initialisation, seeded)."""
     torch.manual_seed(seed)
     return clip_model.CLIP(
-        embed_dim=arch.embed_dim, image_resolution=arch.image_resolution,
-        vision_layers=tuple(arch.vision_layers) if isinstance(arch.vision_layers, (tuple, list)) else arch.vision_layers,
+        embed_dim=arch.embed_dim, image_resolution=arch.image_resolution, vision_layers=arch.vision_layers,
         vision_width=arch.vision_width, vision_patch_size=arch.vision_patch_size,
         context_length=arch.context_length, vocab_size=arch.vocab_size,
         transformer_width=arch.transformer_width, transformer_heads=arch.transformer_heads,
