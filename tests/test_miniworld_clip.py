@@ -369,8 +369,14 @@ def test_shipped_clip_loads_and_reads_styles(name):
     encoder = load_clip(path)
     visual = encoder.model.visual
     assert encoder.embed_dim == arch.embed_dim
-    assert visual.conv1.weight.shape == (arch.vision_width, 3, arch.vision_patch_size, arch.vision_patch_size)
-    assert len(visual.transformer.resblocks) == arch.vision_layers
+    if isinstance(arch.vision_layers, int):  # a ViT tower
+        assert visual.conv1.weight.shape == (arch.vision_width, 3, arch.vision_patch_size, arch.vision_patch_size)
+        assert len(visual.transformer.resblocks) == arch.vision_layers
+    else:  # clip's ModifiedResNet: a three-convolution stem (the first at half the width), then four stages
+        assert type(visual).__name__ == "ModifiedResNet"
+        assert visual.conv1.weight.shape[:2] == (arch.vision_width // 2, 3)
+        assert [len(visual.layer1), len(visual.layer2), len(visual.layer3), len(visual.layer4)] == \
+            list(arch.vision_layers)
     assert len(encoder.model.transformer.resblocks) == arch.transformer_layers
     assert encoder.model.token_embedding.weight.shape == (arch.vocab_size, arch.transformer_width)
     assert encoder.context_length == arch.context_length and encoder.input_resolution == arch.image_resolution
@@ -550,3 +556,13 @@ def test_smile_triplets_join_the_batch_without_changing_the_contrastive_part():
         replace(base, smile_weight=1.0, smile_triplets=5), 3)
     assert torch.equal(plain["images"], with_smiles["images"]) and plain["captions"] == with_smiles["captions"]
     assert "smile_triplets" not in plain and with_smiles["smile_triplets"][0].shape == (15, 3, 64, 64)
+
+
+def test_smiling_by_decile_counts_each_tenth_of_the_smile_value():
+    smile = torch.tensor([0.05, 0.08, 0.66, 0.95, 1.0])
+    called = torch.tensor([False, True, False, True, True])
+    right = called == (smile > 0.65)
+    table = train_clip.smiling_by_decile(smile, called, right)
+    assert set(table) == {"0.0-0.1", "0.6-0.7", "0.9-1.0"}  # 1.0 joins the top tenth
+    assert table["0.0-0.1"] == {"n": 2, "accuracy": 0.5, "called_smiling": 0.5}
+    assert table["0.6-0.7"]["accuracy"] == 0.0 and table["0.9-1.0"] == {"n": 2, "accuracy": 1.0, "called_smiling": 1.0}

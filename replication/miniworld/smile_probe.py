@@ -29,6 +29,8 @@ from replication.miniworld.train_clip import (PRESETS, RESULTS_DIR, build_clip, 
 from replication.runio import command_line, repo_relative, write_json
 
 TOWERS = ("vit", "resnet")
+# the patch-8 ViT image tower the first shipped CLIP A had (4 layers, width 128)
+VIT_TOWER = {"vision_layers": 4, "vision_width": 128, "vision_patch_size": 8}
 PROBE_SEED_BASE = 1_000_000  # training triplets; the held-out ones come from the held-out seed range
 HELDOUT_TRIPLET_SEED = HELDOUT_SEED_BASE + 20_000
 
@@ -65,7 +67,8 @@ def build_tower(config: SmileProbeConfig) -> clip_model.CLIP:
             raise SmileProbeError(f"no CLIP file at {config.init}; pass a path such as "
                                   "replication/miniworld/weights/clip_a.pt")
         return load_clip(config.init, dtype=torch.float32).model.requires_grad_(True)
-    arch = PRESETS["clip_a"].architecture
+    # pinned, so the probe's two towers stay what results/mini_world/smile_probe_*.json measured whatever CLIP A ships
+    arch = replace(PRESETS["clip_a"].architecture, **VIT_TOWER)
     if config.tower == "resnet":
         arch = replace(arch, vision_layers=(1, 1, 1, 1), vision_width=config.resnet_width)
     return build_clip(arch, config.seed)
