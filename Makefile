@@ -13,7 +13,7 @@ METHODS ?=
 SEEDS ?=
 
 .PHONY: env env-legacy test convert crosscheck replicate figures collect bench mini-world mini-world-clip-a \
-	mini-world-clip-b mini-world-evaluator mini-world-generator mini-measure clean-env help
+	mini-world-clip-b mini-world-clip-b-candidate mini-world-evaluator mini-world-generator mini-measure clean-env help
 
 help:
 	@echo "make replicate   train, score and draw every shift of WORLD (mini by default; WORLD=paper needs make convert)"
@@ -22,6 +22,7 @@ help:
 	@echo "                 RESCORE=1 scores finished mini runs again from their saved final generator (new metrics)"
 	@echo "make -j2 mini-world  retrain the four shipped mini-world models (resumable; one thread per model)"
 	@echo "make mini-measure  re-measure the shipped mini-world models -> results/mini_world/"
+	@echo "make mini-world-clip-b-candidate  retrain and measure the ResNet-tower CLIP B candidate (not shipped)"
 	@echo "make figures     redraw paper_figures/out/ from results/ only"
 	@echo "make test        build the trainer environment (.venv) if needed and run the CPU test suite"
 	@echo "make convert     convert every official generator found in the weight cache into our checkpoint format"
@@ -78,6 +79,17 @@ mini-world-clip-a: env
 mini-world-clip-b: env
 	$(PY) -m replication.miniworld.train_clip --name clip_b --out artifacts/mini_clip/clip_b_stage1.pt
 	$(PY) -m replication.miniworld.train_clip --name clip_b_anchored --out replication/miniworld/weights/clip_b.pt
+
+# Candidate CLIP B with a ResNet image tower and the smile term (not shipped; README, mini CLIP section): three
+# one-thread stages, about 45 min, then its measurement in results/mini_world/candidates/.
+CAND := artifacts/mini_clip
+mini-world-clip-b-candidate: env
+	$(PY) -m replication.miniworld.train_clip --name clip_b_rn --out $(CAND)/clip_b_rn_stage1.pt
+	$(PY) -m replication.miniworld.train_clip --name clip_b_rn_anchored --out $(CAND)/clip_b_rn_stage2.pt
+	$(PY) -m replication.miniworld.train_clip --name clip_b_rn_smiling \
+		--out replication/miniworld/weights/candidates/clip_b_rn.pt
+	$(PY) -m replication.miniworld.train_clip --measure --name clip_b_rn_smiling \
+		--out replication/miniworld/weights/candidates/clip_b_rn.pt --results results/mini_world/candidates/clip_b_rn.json
 
 mini-world-evaluator: env
 	$(PY) -m replication.miniworld.evaluator train --out replication/miniworld/weights/evaluator.pt

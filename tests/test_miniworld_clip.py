@@ -360,12 +360,13 @@ def test_cli_reports_bad_requests_in_one_line(capsys, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- shipped CLIPs
-@pytest.mark.parametrize("name", ["clip_a", "clip_b"])
-def test_shipped_clip_loads_and_reads_styles(name):
+@pytest.mark.parametrize("name, preset", [("clip_a", "clip_a"), ("clip_b", "clip_b"),
+                                          ("candidates/clip_b_rn", "clip_b_rn_smiling")])
+def test_shipped_clip_loads_and_reads_styles(name, preset):
     path = WEIGHTS_DIR / f"{name}.pt"
     if not path.is_file():
-        pytest.skip(f"{path} not trained yet (python -m replication.miniworld.train_clip --name {name})")
-    arch = PRESETS[name].architecture
+        pytest.skip(f"{path} not trained yet (python -m replication.miniworld.train_clip --name {preset})")
+    arch = PRESETS[preset].architecture
     encoder = load_clip(path)
     visual = encoder.model.visual
     assert encoder.embed_dim == arch.embed_dim
