@@ -226,6 +226,11 @@ for _k, (_stage, _rn) in enumerate(zip(SHIPPED_STAGES["clip_a"] + ("clip_a_smili
     _name = _rn.replace("clip_a_rn", "clip_a_rn96", 1)
     PRESETS[_name] = replace(PRESETS[_rn], name=_name, architecture=replace(PRESETS[_rn].architecture, **_A96),
                              init_weights=f"artifacts/mini_clip/clip_a_rn96_stage{_k}.pt" if _k else "")
+# The directed stage on the ResNet tower lets colour edits follow the character directions (greyscale photos at 0.18,
+# colour-shifted ones at 0.27 with human -> elf; palette swaps 0.64-0.72 for clown and elf): this variant weighs the
+# invariance term 4x.
+PRESETS["clip_a_rn96_directed_inv20"] = replace(PRESETS["clip_a_rn96_directed"], name="clip_a_rn96_directed_inv20",
+                                                invariance_weight=20.0)
 
 def stage_of(name: str) -> tuple[str, int]:
     """(family, index) of a preset in SHIPPED_STAGES, e.g. ("clip_a", 1) for clip_a_anchored; (name, 0) otherwise."""
