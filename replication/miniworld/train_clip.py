@@ -231,6 +231,14 @@ for _k, (_stage, _rn) in enumerate(zip(SHIPPED_STAGES["clip_a"] + ("clip_a_smili
 # invariance term 4x.
 PRESETS["clip_a_rn96_directed_inv20"] = replace(PRESETS["clip_a_rn96_directed"], name="clip_a_rn96_directed_inv20",
                                                 invariance_weight=20.0)
+# Two more probes of the colour leak: the directed stage without the colour anchor (which asks the embedding to carry
+# skin tone and hair colour), and CLIP A's seed and hard negatives on CLIP B's exact sizes (does seed or size leak?).
+PRESETS["clip_a_rn96_directed_no_anchor"] = replace(PRESETS["clip_a_rn96_directed"],
+                                                    name="clip_a_rn96_directed_no_anchor", colour_anchor_weight=0.0)
+PRESETS["clip_a_rnb"] = replace(PRESETS["clip_a_rn"], name="clip_a_rnb", architecture=PRESETS["clip_b_rn"].architecture)
+PRESETS["clip_a_rnb_anchored"] = replace(PRESETS["clip_a_rn_anchored"], name="clip_a_rnb_anchored",
+                                         architecture=PRESETS["clip_b_rn"].architecture,
+                                         init_weights="artifacts/mini_clip/clip_a_rnb_stage1.pt")
 
 def stage_of(name: str) -> tuple[str, int]:
     """(family, index) of a preset in SHIPPED_STAGES, e.g. ("clip_a", 1) for clip_a_anchored; (name, 0) otherwise."""
