@@ -567,3 +567,29 @@ def test_smiling_by_decile_counts_each_tenth_of_the_smile_value():
     assert set(table) == {"0.0-0.1", "0.6-0.7", "0.9-1.0"}  # 1.0 joins the top tenth
     assert table["0.0-0.1"] == {"n": 2, "accuracy": 0.5, "called_smiling": 0.5}
     assert table["0.6-0.7"]["accuracy"] == 0.0 and table["0.9-1.0"] == {"n": 2, "accuracy": 1.0, "called_smiling": 1.0}
+
+
+def test_frozen_batchnorm_keeps_running_statistics_and_still_trains_the_resnet_tower():
+    """freeze_batchnorm: a training step normalises with the running statistics the eval-mode model (ClipEncoder,
+    NADA, the measurement) uses, leaves them as they were, and still updates every weight, BatchNorm gains included."""
+    arch = ClipArchitecture(embed_dim=16, vision_layers=(1, 1, 1, 1), vision_width=8, vision_patch_size=8,
+                            transformer_width=64, transformer_layers=1)
+    config = ClipTrainConfig(name="tiny_rn", architecture=arch, seed=3, batch_size=8, smile_weight=1.0,
+                             smile_triplets=2)
+    batch = train_clip.training_batch(config, 0)
+
+    def bn_state(model):
+        return {k: v.clone() for k, v in model.visual.state_dict().items() if "running_" in k or "bn" in k}
+
+    for frozen in (False, True):
+        model = build_clip(arch, 3)
+        before = bn_state(model)
+        train_step(model, make_optimizer(model, config), batch, 1e-3, pixels="clip", smile_weight=1.0,
+                   freeze_batchnorm=frozen)
+        after = bn_state(model)
+        stats = [k for k in before if "running_mean" in k]
+        gains = ["bn1.weight", "bn2.weight", "bn3.weight"]  # the stem's (clip zero-initialises the blocks' last gain,
+        assert stats                                    # so the blocks' others get no gradient on step one)
+        moved = [not torch.equal(before[k], after[k]) for k in stats]
+        assert (not any(moved)) if frozen else all(moved)
+        assert all(not torch.equal(before[k], after[k]) for k in gains)  # the affine part trains either way

@@ -151,6 +151,12 @@ class ClipTrainConfig:
     smile_weight: float = 0.0
     smile_triplets: int = 16
     directions_every: int = 50  # steps between refreshes of the (no-grad) text directions the term uses
+    # Hold the image tower's BatchNorm layers (ModifiedResNet only; the ViT towers have none) at their running
+    # statistics, as ClipEncoder, NADA and the measurement use them. In train mode every auxiliary batch (photo+human
+    # invariance pairs, paired directions, smile triplets) is normalised by its own statistics, so what the terms teach
+    # holds for batch statistics and not for the eval-mode model, and their forward passes drag the running statistics
+    # toward photo+human renders.
+    freeze_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         if self.palette_pairs > 0 and self.invariance_weight <= 0:
@@ -210,13 +216,18 @@ for _family, _stages in SHIPPED_STAGES.items():
             PRESETS[_stage], name=_name, smile_weight=1.0,
             architecture=replace(PRESETS[_stage].architecture, **RESNET_TOWER),
             init_weights=f"artifacts/mini_clip/{_family}_rn_stage{_k}.pt" if _k else "")
-# Then a smiling stage per family: the smile term at weight 6 on twice the triplets, at stage 3's low lr, every other
-# term of the stage before kept. With the term at weight 1 through CLIP B's two stages smiling read 0.79 (frowns right,
-# most smiles called plain); 600 steps at weight 4 gave 0.84, these 1,200 at 6 give 0.87 with every other bar held.
+def _smiling_stage(before: str, name: str, init_weights: str) -> ClipTrainConfig:
+    """The smiling stage after preset `before`: the smile term at weight 6 on twice the triplets, at a low lr, every
+    other term of `before` kept. With the term at weight 1 through CLIP B's two stages smiling read 0.79 (frowns right,
+    most smiles called plain); 600 steps at weight 4 gave 0.84, these 1,200 at 6 give 0.87 with every other bar held."""
+    return replace(PRESETS[before], name=name, steps=1200, lr=3e-4, warmup_steps=20, smile_weight=6.0,
+                   smile_triplets=32, init_weights=init_weights)
+
+
+# Then a smiling stage per candidate family.
 for _family, _stages in RESNET_STAGES.items():
-    PRESETS[f"{_family}_smiling"] = replace(
-        PRESETS[_stages[-1]], name=f"{_family}_smiling", steps=1200, lr=3e-4, warmup_steps=20, smile_weight=6.0,
-        smile_triplets=32, init_weights=f"artifacts/mini_clip/{_family}_stage{len(_stages)}.pt")
+    PRESETS[f"{_family}_smiling"] = _smiling_stage(_stages[-1], f"{_family}_smiling",
+                                                   f"artifacts/mini_clip/{_family}_stage{len(_stages)}.pt")
 # Candidate CLIP A with CLIP B's text tower and embedding width (96) and a wider image tower (24): on CLIP A's sizes
 # (64) the ResNet tower never took the smile (probe R^2 0.016 after stage 2) and the directed stage left greyscale
 # photos at cosine 0.33 with human -> zombie.
@@ -239,6 +250,30 @@ PRESETS["clip_a_rnb"] = replace(PRESETS["clip_a_rn"], name="clip_a_rnb", archite
 PRESETS["clip_a_rnb_anchored"] = replace(PRESETS["clip_a_rn_anchored"], name="clip_a_rnb_anchored",
                                          architecture=PRESETS["clip_b_rn"].architecture,
                                          init_weights="artifacts/mini_clip/clip_a_rnb_stage1.pt")
+# Is the colour leak of the directed stage a BatchNorm effect (see freeze_batchnorm)? The directed stage's terms run
+# on the committed CLIP B candidate, once with the BatchNorm layers training and once held at their running statistics.
+for _frozen in (False, True):
+    _name = "clip_b_rn_directed_probe" + ("_frozen_bn" if _frozen else "")
+    PRESETS[_name] = replace(PRESETS["clip_b_rn_smiling"], name=_name, steps=300, lr=3e-4, warmup_steps=20,
+                             init_weights="replication/miniworld/weights/candidates/clip_b_rn.pt", direction_weight=5.0,
+                             palette_pairs=16, colour_anchor_weight=20.0, freeze_batchnorm=_frozen)
+
+# CLIP A on the ResNet tower with the BatchNorm layers held from stage 2 on, in CLIP B's stage order plus the directed
+# stage last (as the frozen probe above, which kept every bar): stage 1 as clip_a_rn96, then anchored, smiling and
+# directed, each starting from artifacts/mini_clip/clip_a_rn96bn_stage<k>.pt.
+# A second one with an image tower of stem width 20 (between B's 16 and 24), clip_a_rn96w20bn*.
+for _family, _width in (("clip_a_rn96bn", 24), ("clip_a_rn96w20bn", 20)):
+    _arch = replace(PRESETS["clip_a_rn96"].architecture, vision_width=_width)
+    PRESETS[_family] = replace(PRESETS["clip_a_rn96"], name=_family, architecture=_arch)
+    PRESETS[f"{_family}_anchored"] = replace(PRESETS["clip_a_rn96_anchored"], name=f"{_family}_anchored",
+                                             architecture=_arch, init_weights=f"artifacts/mini_clip/{_family}_stage1.pt",
+                                             freeze_batchnorm=True)
+    PRESETS[f"{_family}_smiling"] = _smiling_stage(f"{_family}_anchored", f"{_family}_smiling",
+                                                   f"artifacts/mini_clip/{_family}_stage2.pt")
+    PRESETS[f"{_family}_directed"] = replace(PRESETS[f"{_family}_smiling"], name=f"{_family}_directed", steps=300,
+                                             init_weights=f"artifacts/mini_clip/{_family}_stage3.pt",
+                                             direction_weight=5.0, palette_pairs=16, colour_anchor_weight=20.0)
+
 
 def stage_of(name: str) -> tuple[str, int]:
     """(family, index) of a preset in SHIPPED_STAGES, e.g. ("clip_a", 1) for clip_a_anchored; (name, 0) otherwise."""
@@ -483,12 +518,16 @@ def train_step(model: clip_model.CLIP, optimizer: torch.optim.Optimizer, batch: 
                lr: float, head: torch.nn.Linear | None = None, attribute_weight: float = 0.0, *,
                pixels: str = "raw", directions: torch.Tensor | None = None, invariance_weight: float = 0.0,
                direction_weight: float = 0.0, colour_head: torch.nn.Linear | None = None,
-               colour_anchor_weight: float = 0.0, smile_weight: float = 0.0) -> float:
+               colour_anchor_weight: float = 0.0, smile_weight: float = 0.0, freeze_batchnorm: bool = False) -> float:
     """One contrastive update on a batch (plus the attribute, invariance, direction, colour and smile terms when
     enabled); returns the loss."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     model.train()
+    if freeze_batchnorm:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
     image_features = model.encode_image(model_pixels(batch["images"], pixels))
     text_features = model.encode_text(tokenize(batch["captions"], model.context_length))
     loss = soft_contrastive_loss(image_features, text_features, model.logit_scale, batch["captions"])
@@ -524,6 +563,7 @@ def train(config: ClipTrainConfig, run_dir: Path, out_path: Path, *, progress: b
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "state.pt"
     model = build_clip(config.architecture, config.seed)
+    init_sha256 = None  # of the file actually loaded, hashed before training in case it is replaced meanwhile
     if config.init_weights:
         init = repo_path(config.init_weights)
         if not init.is_file():
@@ -531,8 +571,9 @@ def train(config: ClipTrainConfig, run_dir: Path, out_path: Path, *, progress: b
             before = SHIPPED_STAGES[family][index - 1] if index > 0 else "<the preset that writes it>"
             raise ClipTrainingError(f"start weights {init} are missing; train them first with python -m "
                                     f"replication.miniworld.train_clip --name {before} --out {init}")
-        if config.init_sha256 and file_sha256(init) != config.init_sha256:
-            raise ClipTrainingError(f"{init} has sha256 {file_sha256(init)}, the preset expects {config.init_sha256}")
+        init_sha256 = file_sha256(init)
+        if config.init_sha256 and init_sha256 != config.init_sha256:
+            raise ClipTrainingError(f"{init} has sha256 {init_sha256}, the preset expects {config.init_sha256}")
         start_weights = torch.load(init, map_location="cpu", weights_only=True)
         model.load_state_dict({k: v.float() for k, v in start_weights.items()}, strict=True)
     head = None
@@ -575,7 +616,7 @@ def train(config: ClipTrainConfig, run_dir: Path, out_path: Path, *, progress: b
                           config.attribute_weight, pixels=config.pixels, directions=held["directions"],
                           invariance_weight=config.invariance_weight, direction_weight=config.direction_weight,
                           colour_head=colour_head, colour_anchor_weight=config.colour_anchor_weight,
-                          smile_weight=config.smile_weight)
+                          smile_weight=config.smile_weight, freeze_batchnorm=config.freeze_batchnorm)
         losses.append(loss)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
@@ -585,7 +626,7 @@ def train(config: ClipTrainConfig, run_dir: Path, out_path: Path, *, progress: b
     save_state(config.steps)
     export_state_dict(model, out_path)
     return {"steps": config.steps, "final_loss_mean_last_50": sum(losses[-50:]) / max(1, len(losses[-50:])),
-            "init_sha256": file_sha256(repo_path(config.init_weights)) if config.init_weights else None}
+            "init_sha256": init_sha256}
 
 
 # ------------------------------------------------------------------------------------------------------ measurement
