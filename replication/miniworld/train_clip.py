@@ -274,6 +274,12 @@ for _family, _width in (("clip_a_rn96bn", 24), ("clip_a_rn96w20bn", 20)):
                                              init_weights=f"artifacts/mini_clip/{_family}_stage3.pt",
                                              direction_weight=5.0, palette_pairs=16, colour_anchor_weight=20.0)
 
+# Both end in one stage that joins the smiling and directed stages (600 steps from stage 2 with every term of the
+# directed stage), in less than half the time of the two.
+for _family in ("clip_a_rn96bn", "clip_a_rn96w20bn"):
+    PRESETS[f"{_family}_smiling_directed"] = replace(PRESETS[f"{_family}_directed"], name=f"{_family}_smiling_directed",
+                                                     steps=600, init_weights=f"artifacts/mini_clip/{_family}_stage2.pt")
+
 
 def stage_of(name: str) -> tuple[str, int]:
     """(family, index) of a preset in SHIPPED_STAGES, e.g. ("clip_a", 1) for clip_a_anchored; (name, 0) otherwise."""
