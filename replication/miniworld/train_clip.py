@@ -566,7 +566,6 @@ def export_state_dict(model: clip_model.CLIP, path: Path) -> None:
 def train(config: ClipTrainConfig, run_dir: Path, out_path: Path, *, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a mini CLIP; writes run_dir/state.pt periodically and the fp16 weights to out_path."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "state.pt"
     model = build_clip(config.architecture, config.seed)
     init_sha256 = None  # of the file actually loaded, hashed before training in case it is replaced meanwhile
@@ -582,6 +581,7 @@ def train(config: ClipTrainConfig, run_dir: Path, out_path: Path, *, progress: b
             raise ClipTrainingError(f"{init} has sha256 {init_sha256}, the preset expects {config.init_sha256}")
         start_weights = torch.load(init, map_location="cpu", weights_only=True)
         model.load_state_dict({k: v.float() for k, v in start_weights.items()}, strict=True)
+    run_dir.mkdir(parents=True, exist_ok=True)  # after the start-weights checks: a failed start writes nothing
     head = None
     if config.attribute_weight > 0:
         torch.manual_seed(config.seed + 101)
