@@ -590,8 +590,10 @@ def test_frozen_batchnorm_keeps_running_statistics_and_still_trains_the_resnet_t
                    freeze_batchnorm=frozen)
         after = bn_state(model)
         stats = [k for k in before if "running_mean" in k]
-        gains = ["bn1.weight", "bn2.weight", "bn3.weight"]  # the stem's (clip zero-initialises the blocks' last gain,
-        assert stats                                    # so the blocks' others get no gradient on step one)
+        # the stem's gains: clip zero-initialises each block's last gain, so the blocks' others get no gradient on
+        # step one
+        gains = ["bn1.weight", "bn2.weight", "bn3.weight"]
+        assert stats
         moved = [not torch.equal(before[k], after[k]) for k in stats]
         assert (not any(moved)) if frozen else all(moved)
         assert all(not torch.equal(before[k], after[k]) for k in gains)  # the affine part trains either way
