@@ -280,6 +280,18 @@ for _family in ("clip_a_rn96bn", "clip_a_rn96w20bn"):
     PRESETS[f"{_family}_smiling_directed"] = replace(PRESETS[f"{_family}_directed"], name=f"{_family}_smiling_directed",
                                                      steps=600, init_weights=f"artifacts/mini_clip/{_family}_stage2.pt")
 
+# The full-order chain above left smiling at 0.842 (results/mini_world/candidates/), its stage files lost with the
+# session that made them. Two cheaper ways on from the committed joined-stage file (smiling 0.78, every other bar
+# kept): a smiling stage then the directed stage again (resmile*), or the joined stage again for 900 steps.
+_W20_FILE = "replication/miniworld/weights/candidates/clip_a_rn96w20bn.pt"
+PRESETS["clip_a_rn96w20bn_resmile"] = _smiling_stage("clip_a_rn96w20bn_anchored", "clip_a_rn96w20bn_resmile",
+                                                      _W20_FILE)
+PRESETS["clip_a_rn96w20bn_resmile_directed"] = replace(
+    PRESETS["clip_a_rn96w20bn_directed"], name="clip_a_rn96w20bn_resmile_directed",
+    init_weights="artifacts/mini_clip/clip_a_rn96w20bn_resmile.pt")
+PRESETS["clip_a_rn96w20bn_rejoined"] = replace(PRESETS["clip_a_rn96w20bn_smiling_directed"],
+                                               name="clip_a_rn96w20bn_rejoined", steps=900, init_weights=_W20_FILE)
+
 
 def stage_of(name: str) -> tuple[str, int]:
     """(family, index) of a preset in SHIPPED_STAGES, e.g. ("clip_a", 1) for clip_a_anchored; (name, 0) otherwise."""
