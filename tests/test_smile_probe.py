@@ -17,6 +17,12 @@ def test_both_towers_build_as_openai_clip_models_with_clip_a_text_tower():
     assert resnet.encode_image(images).shape == vit.encode_image(images).shape
 
 
+def test_the_fresh_vit_tower_is_the_one_the_committed_probe_measured():
+    measured = json.loads((smile_probe.RESULTS_DIR / "smile_probe_vit.json").read_text())
+    vit = smile_probe.build_tower(SmileProbeConfig(tower="vit"))
+    assert sum(p.numel() for p in vit.visual.parameters()) == measured["image_tower_parameters"]
+
+
 def test_a_resnet_mini_clip_saved_as_a_state_dict_loads_like_the_shipped_ones(tmp_path):
     """A CLIP retrained with the convolutional tower must load through clip.load's build_model path, as NADA does."""
     from dataclasses import replace

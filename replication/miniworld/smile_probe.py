@@ -24,13 +24,15 @@ from tqdm import tqdm
 
 from replication.clip_models import load_clip
 from replication.miniworld.data import HELDOUT_SEED_BASE
-from replication.miniworld.train_clip import (PRESETS, RESULTS_DIR, build_clip, clip_model, smile_logits, smile_loss,
-                                              smile_triplets)
+from replication.miniworld.train_clip import (RESULTS_DIR, ClipArchitecture, build_clip, clip_model, smile_logits,
+                                              smile_loss, smile_triplets)
 from replication.runio import command_line, repo_relative, write_json
 
 TOWERS = ("vit", "resnet")
-# the patch-8 ViT image tower the first shipped CLIP A had (4 layers, width 128)
-VIT_TOWER = {"vision_layers": 4, "vision_width": 128, "vision_patch_size": 8}
+# the sizes of the first shipped CLIP A (patch-8 ViT image tower, 4 layers of width 128; text and embedding width 64),
+# pinned so the probe's towers stay what results/mini_world/smile_probe_*.json measured whatever CLIP A ships next
+PROBE_ARCH = ClipArchitecture(embed_dim=64, vision_layers=4, vision_width=128, vision_patch_size=8,
+                              transformer_width=64, transformer_layers=3)
 PROBE_SEED_BASE = 1_000_000  # training triplets; the held-out ones come from the held-out seed range
 HELDOUT_TRIPLET_SEED = HELDOUT_SEED_BASE + 20_000
 
@@ -67,8 +69,7 @@ def build_tower(config: SmileProbeConfig) -> clip_model.CLIP:
             raise SmileProbeError(f"no CLIP file at {config.init}; pass a path such as "
                                   "replication/miniworld/weights/clip_a.pt")
         return load_clip(config.init, dtype=torch.float32).model.requires_grad_(True)
-    # pinned, so the probe's two towers stay what results/mini_world/smile_probe_*.json measured whatever CLIP A ships
-    arch = replace(PRESETS["clip_a"].architecture, **VIT_TOWER)
+    arch = PROBE_ARCH
     if config.tower == "resnet":
         arch = replace(arch, vision_layers=(1, 1, 1, 1), vision_width=config.resnet_width)
     return build_clip(arch, config.seed)
