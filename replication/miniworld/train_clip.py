@@ -281,17 +281,17 @@ for _family in ("clip_a_rn96bn", "clip_a_rn96w20bn"):
                                                      steps=600, init_weights=f"artifacts/mini_clip/{_family}_stage2.pt")
 
 # The full-order chain above left smiling at 0.842 (results/mini_world/candidates/), its stage files lost with the
-# session that made them. Two cheaper ways on from the committed joined-stage file (smiling 0.78, every other bar
-# kept): a smiling stage then the directed stage again (resmile*), or the joined stage again for 900 steps.
-_W20_FILE = "replication/miniworld/weights/candidates/clip_a_rn96w20bn.pt"
-PRESETS["clip_a_rn96w20bn_resmile"] = _smiling_stage("clip_a_rn96w20bn_anchored", "clip_a_rn96w20bn_resmile",
-                                                      _W20_FILE)
-PRESETS["clip_a_rn96w20bn_resmile_directed"] = replace(
-    PRESETS["clip_a_rn96w20bn_directed"], name="clip_a_rn96w20bn_resmile_directed",
-    init_weights="artifacts/mini_clip/clip_a_rn96w20bn_resmile.pt")
+# session that made them. Two cheaper ways on from a committed joined-stage file (stem 20: smiling 0.78, every other bar
+# kept; stem 24: 0.735): a smiling stage then the directed stage again (<family>_resmile*), or, for stem 20, the
+# joined stage again for 900 steps.
+for _family in ("clip_a_rn96bn", "clip_a_rn96w20bn"):
+    PRESETS[f"{_family}_resmile"] = _smiling_stage(f"{_family}_anchored", f"{_family}_resmile",
+                                                   f"replication/miniworld/weights/candidates/{_family}.pt")
+    PRESETS[f"{_family}_resmile_directed"] = replace(PRESETS[f"{_family}_directed"], name=f"{_family}_resmile_directed",
+                                                     init_weights=f"artifacts/mini_clip/{_family}_resmile.pt")
 PRESETS["clip_a_rn96w20bn_rejoined"] = replace(PRESETS["clip_a_rn96w20bn_smiling_directed"],
-                                               name="clip_a_rn96w20bn_rejoined", steps=900, init_weights=_W20_FILE)
-
+                                               name="clip_a_rn96w20bn_rejoined", steps=900,
+                                               init_weights="replication/miniworld/weights/candidates/clip_a_rn96w20bn.pt")
 
 def stage_of(name: str) -> tuple[str, int]:
     """(family, index) of a preset in SHIPPED_STAGES, e.g. ("clip_a", 1) for clip_a_anchored; (name, 0) otherwise."""
