@@ -403,6 +403,8 @@ def test_collapse_blindness_is_one_for_a_single_pair_and_lower_for_the_shipped_a
     assert scores["palette_swap_mean_cosine"]["zombie"] < 0.3 < 0.9 < scores["per_target"]["zombie"]["mean_cosine"]
     assert set(scores["palette_swap_mean_cosine"]) == {c for c in CHARACTERS if c != "human"}
     assert set(scores["attribute_mismatch_cosine_drop"]) == set(ATTRIBUTE_NAMES)
+    assert set(scores["darker_skin_cosine_drop"]) == set(scores["palette_swap_mean_cosine"])
+    assert scores["darker_skin_cosine_drop"]["zombie"] > 0  # the colour anchor: darker zombies align less
     assert set(scores["attribute_edit_max_mean_abs_cosine"]) == set(ATTRIBUTE_NAMES)
 
 

@@ -774,6 +774,21 @@ def direction_scores(encoder: ClipEncoder, n_pairs: int = 200) -> dict[str, Any]
             swapped = render(attrs, SOURCE_STYLE, SOURCE_CHARACTER, palette=character)
             diff = F.normalize(_image_features(encoder, swapped) - source_feats, dim=-1)
             palette_cos[label] = float((diff @ directions[t]).mean())
+    # the same faces (skin tone halved, so there is room above) in each photo character with the skin half its range
+    # darker: how much less the darker target aligns than the true one (> 0: NADA's loss prefers the right skin;
+    # before CLIP A's colour anchor the two zombies scored alike and NADA's zombies turned dark)
+    skin = ATTRIBUTE_INDEX["skin_tone"]
+    lighter = attrs.clone()
+    lighter[:, skin] *= 0.5
+    darker = lighter.clone()
+    darker[:, skin] += 0.5
+    lighter_source = _image_features(encoder, render(lighter, SOURCE_STYLE, SOURCE_CHARACTER))
+    darker_drop: dict[str, float] = {}
+    for t, (label, _, _, style, character) in enumerate(targets):
+        if style == SOURCE_STYLE and character != SOURCE_CHARACTER:
+            aligned = [float((F.normalize(_image_features(encoder, render(a, style, character)) - lighter_source,
+                                          dim=-1) @ directions[t]).mean()) for a in (lighter, darker)]
+            darker_drop[label] = aligned[0] - aligned[1]
     # one attribute redrawn on the same faces. In the source domain: the largest mean |cosine| of the change with any
     # target direction (absolute, since redraws go both ways and a darker and a lighter skin would cancel in a plain
     # mean), and that target. In each target domain: how much less the redrawn target aligns than the true one,
@@ -806,6 +821,7 @@ def direction_scores(encoder: ClipEncoder, n_pairs: int = 200) -> dict[str, Any]
         "palette_swap_mean_cosine": palette_cos,
         "attribute_edit_max_mean_abs_cosine": attribute_cos,
         "attribute_mismatch_cosine_drop": drops,
+        "darker_skin_cosine_drop": darker_drop,
         "n_pairs": n_pairs,
     }
 
