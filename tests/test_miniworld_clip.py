@@ -363,7 +363,9 @@ def test_cli_reports_bad_requests_in_one_line(capsys, tmp_path):
 @pytest.mark.parametrize("name, preset", [("clip_a", "clip_a"), ("clip_b", "clip_b"),
                                           ("candidates/clip_b_rn", "clip_b_rn_smiling"),
                                           ("candidates/clip_a_rn96bn", "clip_a_rn96bn_smiling_directed"),
-                                          ("candidates/clip_a_rn96w20bn", "clip_a_rn96w20bn_smiling_directed")])
+                                          ("candidates/clip_a_rn96w20bn", "clip_a_rn96w20bn_smiling_directed"),
+                                          ("candidates/clip_a_rn96bn_resmile", "clip_a_rn96bn_resmile_directed"),
+                                          ("candidates/clip_a_rn96w20bn_resmile", "clip_a_rn96w20bn_resmile_directed")])
 def test_shipped_clip_loads_and_reads_styles(name, preset):
     path = WEIGHTS_DIR / f"{name}.pt"
     if not path.is_file():
