@@ -293,6 +293,7 @@ PRESETS["clip_a_rn96w20bn_rejoined"] = replace(PRESETS["clip_a_rn96w20bn_smiling
                                                name="clip_a_rn96w20bn_rejoined", steps=900,
                                                init_weights="replication/miniworld/weights/candidates/clip_a_rn96w20bn.pt")
 
+
 def stage_of(name: str) -> tuple[str, int]:
     """(family, index) of a preset in SHIPPED_STAGES, e.g. ("clip_a", 1) for clip_a_anchored; (name, 0) otherwise."""
     for family, stages in SHIPPED_STAGES.items():
@@ -768,24 +769,22 @@ def direction_scores(encoder: ClipEncoder, n_pairs: int = 200) -> dict[str, Any]
         negative_cos[kind] = {label: float(means[t]) for t, (label, *_rest) in enumerate(targets)}
     # the colour half of each character change: the same faces in that character's colours, shapes unchanged; a
     # guidance that scores these near the true targets' mean_cosine rewards recolouring as much as the change itself
-    palette_cos: dict[str, float] = {}
-    for t, (label, _, _, style, character) in enumerate(targets):
-        if style == SOURCE_STYLE and character != SOURCE_CHARACTER:
-            swapped = render(attrs, SOURCE_STYLE, SOURCE_CHARACTER, palette=character)
-            diff = F.normalize(_image_features(encoder, swapped) - source_feats, dim=-1)
-            palette_cos[label] = float((diff @ directions[t]).mean())
-    # the same faces (skin tone halved, so there is room above) in each photo character with the skin half its range
-    # darker: how much less the darker target aligns than the true one (> 0: NADA's loss prefers the right skin;
-    # before CLIP A's colour anchor the two zombies scored alike and NADA's zombies turned dark)
+    # And the same faces (skin tone halved, so there is room above) in each photo character with the skin half its
+    # range darker: how much less the darker target aligns than the true one (> 0: NADA's loss prefers the right skin;
+    # before CLIP A's colour anchor the two zombies scored alike and NADA's zombies turned dark).
     skin = ATTRIBUTE_INDEX["skin_tone"]
     lighter = attrs.clone()
     lighter[:, skin] *= 0.5
     darker = lighter.clone()
     darker[:, skin] += 0.5
     lighter_source = _image_features(encoder, render(lighter, SOURCE_STYLE, SOURCE_CHARACTER))
+    palette_cos: dict[str, float] = {}
     darker_drop: dict[str, float] = {}
     for t, (label, _, _, style, character) in enumerate(targets):
         if style == SOURCE_STYLE and character != SOURCE_CHARACTER:
+            swapped = render(attrs, SOURCE_STYLE, SOURCE_CHARACTER, palette=character)
+            diff = F.normalize(_image_features(encoder, swapped) - source_feats, dim=-1)
+            palette_cos[label] = float((diff @ directions[t]).mean())
             aligned = [float((F.normalize(_image_features(encoder, render(a, style, character)) - lighter_source,
                                           dim=-1) @ directions[t]).mean()) for a in (lighter, darker)]
             darker_drop[label] = aligned[0] - aligned[1]
