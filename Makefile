@@ -13,7 +13,7 @@ METHODS ?=
 SEEDS ?=
 
 .PHONY: env env-legacy test convert crosscheck replicate figures collect bench mini-world mini-world-clip-a \
-	mini-world-clip-b mini-world-clip-b-candidate mini-world-evaluator mini-world-generator mini-measure clean-env help
+	mini-world-clip-b mini-world-evaluator mini-world-generator mini-measure clean-env help
 
 help:
 	@echo "make replicate   train, score and draw every shift of WORLD (mini by default; WORLD=paper needs make convert)"
@@ -22,7 +22,6 @@ help:
 	@echo "                 RESCORE=1 scores finished mini runs again from their saved final generator (new metrics)"
 	@echo "make -j2 mini-world  retrain the four shipped mini-world models (resumable; one thread per model)"
 	@echo "make mini-measure  re-measure the shipped mini-world models -> results/mini_world/"
-	@echo "make mini-world-clip-b-candidate  retrain and measure the ResNet-tower CLIP B candidate (not shipped)"
 	@echo "make figures     redraw paper_figures/out/ from results/ only"
 	@echo "make test        build the trainer environment (.venv) if needed and run the CPU test suite"
 	@echo "make convert     convert every official generator found in the weight cache into our checkpoint format"
@@ -65,31 +64,21 @@ replicate: env
 	$(PY) -m replication.replicate --world $(WORLD) $(if $(SHIFTS),--shifts $(SHIFTS)) \
 		$(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(RERUN_STALE),--rerun-stale) $(if $(RESCORE),--rescore)
 
-# Each CLIP trains in resumable stages: stage 1 lands in artifacts/ (git-ignored), stage 2 (anchored) starts from it;
-# CLIP A's stage 3 (directed, the paired-direction term) starts from stage 2 and writes the shipped file.
-# The four models are independent one-thread jobs: `make -j2 mini-world` trains two at a time on a 2-core machine.
+# Each CLIP trains in resumable stages (train_clip.SHIPPED_STAGES): stage k writes artifacts/mini_clip/<family>_stage<k>.pt
+# (git-ignored), the next stage starts from it, and the last writes the shipped file. CLIP A (NADA's guidance): stage 1,
+# anchored, joined smiling+directed, smiling, directed (about 36+45+30+47+15 min on one thread); CLIP B: stage 1,
+# anchored, smiling (about 10+15+17 min). The four models are independent one-thread jobs: `make -j2 mini-world` trains
+# two at a time on a 2-core machine.
+CLIP_A_STAGES := clip_a clip_a_anchored clip_a_joined clip_a_smiling clip_a_directed
+CLIP_B_STAGES := clip_b clip_b_anchored clip_b_smiling
 mini-world: mini-world-clip-a mini-world-clip-b mini-world-evaluator mini-world-generator
 	@echo "new weights: update their sha256 in env/weights.toml (python -m replication.weights verify NAME prints it)"
 
 mini-world-clip-a: env
-	$(PY) -m replication.miniworld.train_clip --name clip_a --out artifacts/mini_clip/clip_a_stage1.pt
-	$(PY) -m replication.miniworld.train_clip --name clip_a_anchored --out artifacts/mini_clip/clip_a_stage2.pt
-	$(PY) -m replication.miniworld.train_clip --name clip_a_directed --out replication/miniworld/weights/clip_a.pt
+	set -e; for stage in $(CLIP_A_STAGES); do $(PY) -m replication.miniworld.train_clip --name $$stage; done
 
 mini-world-clip-b: env
-	$(PY) -m replication.miniworld.train_clip --name clip_b --out artifacts/mini_clip/clip_b_stage1.pt
-	$(PY) -m replication.miniworld.train_clip --name clip_b_anchored --out replication/miniworld/weights/clip_b.pt
-
-# Candidate CLIP B with a ResNet image tower and the smile term (not shipped; README, mini CLIP section): three
-# one-thread stages, about 45 min, then its measurement in results/mini_world/candidates/.
-CAND := artifacts/mini_clip
-mini-world-clip-b-candidate: env
-	$(PY) -m replication.miniworld.train_clip --name clip_b_rn --out $(CAND)/clip_b_rn_stage1.pt
-	$(PY) -m replication.miniworld.train_clip --name clip_b_rn_anchored --out $(CAND)/clip_b_rn_stage2.pt
-	$(PY) -m replication.miniworld.train_clip --name clip_b_rn_smiling \
-		--out replication/miniworld/weights/candidates/clip_b_rn.pt
-	$(PY) -m replication.miniworld.train_clip --measure --name clip_b_rn_smiling \
-		--out replication/miniworld/weights/candidates/clip_b_rn.pt --results results/mini_world/candidates/clip_b_rn.json
+	set -e; for stage in $(CLIP_B_STAGES); do $(PY) -m replication.miniworld.train_clip --name $$stage; done
 
 mini-world-evaluator: env
 	$(PY) -m replication.miniworld.evaluator train --out replication/miniworld/weights/evaluator.pt

@@ -1,6 +1,7 @@
 """Tests of the mini-world augmentation, data batches, the mini-CLIP recipe and the shipped mini CLIPs."""
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from replication import weights
 from replication.clip_models import load_clip
 from replication.miniworld.attributes import ATTRIBUTE_NAMES, CHARACTERS, STYLES, sample_attributes
 from replication.miniworld.augment import (
@@ -360,11 +362,9 @@ def test_cli_reports_bad_requests_in_one_line(capsys, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- shipped CLIPs
-@pytest.mark.parametrize("name, preset", [("clip_a", "clip_a"), ("clip_b", "clip_b"),
-                                          ("candidates/clip_b_rn", "clip_b_rn_smiling"),
+@pytest.mark.parametrize("name, preset", [("clip_a", "clip_a_directed"), ("clip_b", "clip_b_smiling"),
                                           ("candidates/clip_a_rn96bn", "clip_a_rn96bn_smiling_directed"),
                                           ("candidates/clip_a_rn96w20bn", "clip_a_rn96w20bn_smiling_directed"),
-                                          ("candidates/clip_a_rn96bn_resmile", "clip_a_rn96bn_resmile_directed"),
                                           ("candidates/clip_a_rn96w20bn_resmile", "clip_a_rn96w20bn_resmile_directed")])
 def test_shipped_clip_loads_and_reads_styles(name, preset):
     path = WEIGHTS_DIR / f"{name}.pt"
@@ -433,7 +433,8 @@ def test_attribute_probe_reads_an_embedding_that_carries_the_attributes():
 
 def test_each_stage_starts_from_the_file_the_stage_before_writes():
     """The recipe chain: every stage but the last writes where the next one's init_weights reads; the last ships."""
-    for family, stages in train_clip.SHIPPED_STAGES.items():
+    assert set(train_clip.SHIPPED_STAGES) == {"clip_a", "clip_b"}
+    for family, stages in train_clip.STAGE_CHAINS.items():
         assert stages[0] == family and len(stages) >= 2
         for before, after in zip(stages, stages[1:]):
             written = train_clip.default_weights_path(before, measuring=False)
@@ -443,13 +444,29 @@ def test_each_stage_starts_from_the_file_the_stage_before_writes():
         assert train_clip.default_weights_path(stages[0], measuring=True) == train_clip.WEIGHTS_DIR / f"{family}.pt"
         assert train_clip.recipe_command(family).split(" && ") == [
             f"python -m replication.miniworld.train_clip --name {s}" for s in stages]
-    # the guidance CLIP's last stage is the only one with the paired-direction term
-    assert PRESETS["clip_a_directed"].direction_weight > 0 and PRESETS["clip_a_anchored"].direction_weight == 0
+    # the guidance CLIP's paired-direction term is on in the joined and the last stage only, so the smiling stage
+    # between them cannot leave the shipped file off the directions
+    assert [PRESETS[s].direction_weight > 0 for s in train_clip.SHIPPED_STAGES["clip_a"]] == [False, False, True,
+                                                                                               False, True]
+    # both shipped CLIPs are trained with the smile term and (A from its anchored stage) frozen BatchNorm
+    assert all(PRESETS[s].smile_weight > 0 for stages in train_clip.SHIPPED_STAGES.values() for s in stages)
+    assert [PRESETS[s].freeze_batchnorm for s in train_clip.SHIPPED_STAGES["clip_a"]] == [False] + [True] * 4
+    # the retired ViT CLIPs keep their recipe under new names, never writing over a shipped file
+    assert train_clip.default_weights_path("clip_a_vit_directed", measuring=False).name == "clip_a_vit.pt"
+    assert isinstance(PRESETS["clip_a_vit"].architecture.vision_layers, int)
+
+
+def test_make_and_the_registry_retrain_the_shipped_clips_with_the_same_stages():
+    makefile = (train_clip.REPO_ROOT / "Makefile").read_text()
+    for family, stages in train_clip.SHIPPED_STAGES.items():
+        listed = re.search(rf"^{family.upper()}_STAGES := (.*)$", makefile, re.M)
+        assert listed and tuple(listed.group(1).split()) == stages
+        assert weights.get_entry(f"mini-{family.replace('_', '-')}").recipe == train_clip.recipe_command(family)
 
 
 def test_a_missing_start_file_names_the_stage_that_writes_it(tmp_path):
     config = replace(PRESETS["clip_a_directed"], init_weights=str(tmp_path / "absent.pt"))
-    with pytest.raises(train_clip.ClipTrainingError, match="--name clip_a_anchored"):
+    with pytest.raises(train_clip.ClipTrainingError, match="--name clip_a_smiling"):
         train(config, tmp_path / "run", tmp_path / "out.pt", progress=False)
 
 

@@ -98,9 +98,11 @@ def test_recolouring_is_not_a_character_change_for_the_guidance_or_the_evaluator
             f_human = clip.image_features(human)
             cos_recoloured = torch.nn.functional.cosine_similarity(clip.image_features(recoloured) - f_human, d).mean()
             cos_truth = torch.nn.functional.cosine_similarity(clip.image_features(truth) - f_human, d).mean()
-        # NADA's loss rewards the change of shapes, not the colours alone (measured 0.02-0.13 against 0.97-0.98;
-        # before palette swaps joined CLIP A's training, zombie colours alone scored 0.88)
-        assert cos_recoloured < 0.3 and cos_truth > 0.9, (character, float(cos_recoloured), float(cos_truth))
+        # NADA's loss rewards the change of shapes, not the colours alone (ResNet CLIP A: -0.01 to 0.23 against
+        # 0.89-0.94; the ViT CLIP A before it 0.02-0.13 against 0.97-0.98; before palette swaps joined CLIP A's
+        # training, zombie colours alone scored 0.88)
+        assert cos_recoloured < 0.3 and cos_truth > 0.85 and cos_truth - cos_recoloured > 0.6, (
+            character, float(cos_recoloured), float(cos_truth))
         # and the evaluator, which scores the runs, still reads the recoloured faces as human
         read = evaluator.predict(recoloured)["character_logits"].argmax(1)
         assert float((read == 0).float().mean()) > 0.85, character

@@ -144,10 +144,10 @@ class ClipTrainConfig:
     # plain and frowning (smile drawn in each caption band, nothing else changed), must match its own of the three
     # captions that differ only in that word. Captions alone left smile out of both embeddings (ridge probe R^2 0.0005
     # and 0.001, smiling zero-shot 0.63 and 0.61, the base rate): a batch almost never holds two captions that only
-    # the mouth tells apart, so the contrastive loss had no reason to look at it. Not used by the shipped stages: on
-    # the patch-8 ViT towers the term stays at its chance value ln 3 (300 steps from the shipped CLIP A at weight 2:
-    # smile_loss 1.100, smiling zero-shot 0.61, probe R^2 0.002), while clip's ModifiedResNet tower learns it
-    # (python -m replication.miniworld.smile_probe). It is there for the next retrain.
+    # the mouth tells apart, so the contrastive loss had no reason to look at it. On the patch-8 ViT towers of the
+    # first shipped CLIPs the term stayed at its chance value ln 3 (300 steps from that CLIP A at weight 2: smile_loss
+    # 1.100, smiling zero-shot 0.61, probe R^2 0.002), while clip's ModifiedResNet tower learns it
+    # (python -m replication.miniworld.smile_probe): hence the ResNet towers of the shipped CLIPs.
     smile_weight: float = 0.0
     smile_triplets: int = 16
     directions_every: int = 50  # steps between refreshes of the (no-grad) text directions the term uses
@@ -183,13 +183,13 @@ PRESETS: dict[str, ClipTrainConfig] = {
         architecture=ClipArchitecture(embed_dim=96, vision_layers=3, vision_width=96, vision_patch_size=8,
                                       transformer_width=96, transformer_layers=3)),
 }
-# The shipped CLIPs continue stage 1: stage 2 adds the attribute-anchoring and colour-invariance terms (see
-# ClipTrainConfig); CLIP A, NADA's guidance, has a stage 3 that adds the paired-direction term, palette swaps and the
-# colour anchor. A family's last stage writes the shipped file, the earlier ones artifacts/mini_clip/<family>_stage<k>.pt,
-# which the next stage starts from.
-SHIPPED_STAGES: dict[str, tuple[str, ...]] = {"clip_a": ("clip_a", "clip_a_anchored", "clip_a_directed"),
-                                               "clip_b": ("clip_b", "clip_b_anchored")}
-for _name in SHIPPED_STAGES:
+# The first shipped CLIPs (ViT towers, until 2026-12-05; renamed clip_a_vit* / clip_b_vit* at the end of this table)
+# continue stage 1: stage 2 adds the attribute-anchoring and colour-invariance terms (see ClipTrainConfig); CLIP A, NADA's
+# guidance, has a stage 3 that adds the paired-direction term, palette swaps and the colour anchor. The ResNet families
+# below derive from these stages.
+_VIT_STAGES: dict[str, tuple[str, ...]] = {"clip_a": ("clip_a", "clip_a_anchored", "clip_a_directed"),
+                                           "clip_b": ("clip_b", "clip_b_anchored")}
+for _name in _VIT_STAGES:
     PRESETS[f"{_name}_anchored"] = replace(
         PRESETS[_name], name=f"{_name}_anchored", steps=1500, lr=1e-3, warmup_steps=50, attribute_weight=10.0,
         init_weights=f"artifacts/mini_clip/{_name}_stage1.pt", pixels="clip", invariance_weight=5.0)
@@ -208,8 +208,8 @@ PRESETS["clip_a_directed"] = replace(
 RESNET_TOWER = {"vision_layers": (1, 1, 1, 1), "vision_width": 16}
 RESNET_STAGES: dict[str, tuple[str, ...]] = {f"{family}_rn": tuple(stage.replace(family, f"{family}_rn", 1)
                                                                     for stage in stages)
-                                              for family, stages in SHIPPED_STAGES.items()}
-for _family, _stages in SHIPPED_STAGES.items():
+                                              for family, stages in _VIT_STAGES.items()}
+for _family, _stages in _VIT_STAGES.items():
     for _k, _stage in enumerate(_stages):
         _name = RESNET_STAGES[f"{_family}_rn"][_k]
         PRESETS[_name] = replace(
@@ -232,7 +232,7 @@ for _family, _stages in RESNET_STAGES.items():
 # (64) the ResNet tower never took the smile (probe R^2 0.016 after stage 2) and the directed stage left greyscale
 # photos at cosine 0.33 with human -> zombie.
 _A96 = {"embed_dim": 96, "transformer_width": 96, "vision_width": 24}
-for _k, (_stage, _rn) in enumerate(zip(SHIPPED_STAGES["clip_a"] + ("clip_a_smiling",),
+for _k, (_stage, _rn) in enumerate(zip(_VIT_STAGES["clip_a"] + ("clip_a_smiling",),
                                        RESNET_STAGES["clip_a_rn"] + ("clip_a_rn_smiling",))):
     _name = _rn.replace("clip_a_rn", "clip_a_rn96", 1)
     PRESETS[_name] = replace(PRESETS[_rn], name=_name, architecture=replace(PRESETS[_rn].architecture, **_A96),
@@ -294,9 +294,38 @@ PRESETS["clip_a_rn96w20bn_rejoined"] = replace(PRESETS["clip_a_rn96w20bn_smiling
                                                init_weights="replication/miniworld/weights/candidates/clip_a_rn96w20bn.pt")
 
 
+# The shipped CLIPs (since 2026-12-05): the ResNet-tower candidates that passed every CLIP bar, under the family names.
+# CLIP A is the stem-24 BatchNorm-frozen chain (stage 1, anchored, the joined smiling+directed stage, a full smiling
+# stage, the directed stage again); CLIP B the ResNet chain with the smile term (stage 1, anchored, smiling). Each
+# shipped stage is its candidate preset with the family's file chain: stage k+1 starts from
+# artifacts/mini_clip/<family>_stage<k>.pt and the last writes the shipped file. The ViT presets stay as clip_a_vit* /
+# clip_b_vit*, so the first shipped files can still be retrained.
+_SHIPPED_FROM: dict[str, tuple[tuple[str, str], ...]] = {
+    "clip_a": (("clip_a", "clip_a_rn96bn"), ("clip_a_anchored", "clip_a_rn96bn_anchored"),
+               ("clip_a_joined", "clip_a_rn96bn_smiling_directed"), ("clip_a_smiling", "clip_a_rn96bn_resmile"),
+               ("clip_a_directed", "clip_a_rn96bn_resmile_directed")),
+    "clip_b": (("clip_b", "clip_b_rn"), ("clip_b_anchored", "clip_b_rn_anchored"),
+               ("clip_b_smiling", "clip_b_rn_smiling")),
+}
+_VIT_CHAINS: dict[str, tuple[str, ...]] = {f"{family}_vit": tuple(s.replace(family, f"{family}_vit", 1) for s in stages)
+                                           for family, stages in _VIT_STAGES.items()}
+for _family, _stages in _VIT_STAGES.items():
+    for _k, (_stage, _vit) in enumerate(zip(_stages, _VIT_CHAINS[f"{_family}_vit"])):
+        PRESETS[_vit] = replace(PRESETS.pop(_stage), name=_vit,
+                                init_weights=f"artifacts/mini_clip/{_family}_vit_stage{_k}.pt" if _k else "")
+for _family, _pairs in _SHIPPED_FROM.items():
+    for _k, (_stage, _candidate) in enumerate(_pairs):
+        PRESETS[_stage] = replace(PRESETS[_candidate], name=_stage,
+                                  init_weights=f"artifacts/mini_clip/{_family}_stage{_k}.pt" if _k else "")
+SHIPPED_STAGES: dict[str, tuple[str, ...]] = {family: tuple(stage for stage, _ in pairs)
+                                              for family, pairs in _SHIPPED_FROM.items()}
+# Every stage chain whose stages find each other's files by default: the shipped ones and the retired ViT ones (whose
+# last stage writes replication/miniworld/weights/<family>_vit.pt, beside the shipped files, never over them).
+STAGE_CHAINS: dict[str, tuple[str, ...]] = {**SHIPPED_STAGES, **_VIT_CHAINS}
+
 def stage_of(name: str) -> tuple[str, int]:
-    """(family, index) of a preset in SHIPPED_STAGES, e.g. ("clip_a", 1) for clip_a_anchored; (name, 0) otherwise."""
-    for family, stages in SHIPPED_STAGES.items():
+    """(family, index) of a preset in STAGE_CHAINS, e.g. ("clip_a", 1) for clip_a_anchored; (name, 0) otherwise."""
+    for family, stages in STAGE_CHAINS.items():
         if name in stages:
             return family, stages.index(name)
     return name, 0
@@ -586,7 +615,7 @@ def train(config: ClipTrainConfig, run_dir: Path, out_path: Path, *, progress: b
         init = repo_path(config.init_weights)
         if not init.is_file():
             family, index = stage_of(config.name)
-            before = SHIPPED_STAGES[family][index - 1] if index > 0 else "<the preset that writes it>"
+            before = STAGE_CHAINS[family][index - 1] if index > 0 else "<the preset that writes it>"
             raise ClipTrainingError(f"start weights {init} are missing; train them first with python -m "
                                     f"replication.miniworld.train_clip --name {before} --out {init}")
         init_sha256 = file_sha256(init)
@@ -837,15 +866,15 @@ def default_weights_path(name: str, measuring: bool) -> Path:
     """Where a preset's weights go: a family's last stage (and --measure) is the shipped file, earlier stages stay in
     artifacts/mini_clip/<family>_stage<k>.pt, where the next stage's init_weights reads them."""
     family, index = stage_of(name)
-    stages = SHIPPED_STAGES.get(family, (name,))
+    stages = STAGE_CHAINS.get(family, (name,))
     if measuring or index == len(stages) - 1:
         return WEIGHTS_DIR / f"{family}.pt"
     return RUNS_DIR / f"{family}_stage{index + 1}.pt"
 
 
 def recipe_command(name: str) -> str:
-    """The commands that retrain a shipped CLIP from nothing (every stage, in order)."""
-    return " && ".join(f"python -m replication.miniworld.train_clip --name {stage}" for stage in SHIPPED_STAGES[name])
+    """The commands that retrain a CLIP family from nothing (every stage of its chain, in order)."""
+    return " && ".join(f"python -m replication.miniworld.train_clip --name {stage}" for stage in STAGE_CHAINS[name])
 
 
 def attribute_probe_r2(encoder: ClipEncoder, data: dict[str, Any], train_fraction: float = 0.75,
@@ -919,10 +948,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         f"python -m replication.miniworld.train_clip --name {args.name}")
             started = time.time()
             report = measure(Path(out_path), n_heldout=args.n_heldout, n_pairs=args.n_pairs)
-            trained_as = SHIPPED_STAGES.get(args.name, (args.name,))[-1]
+            trained_as = STAGE_CHAINS.get(args.name, (args.name,))[-1]
             train_summary = (args.run_dir or RUNS_DIR / trained_as) / "summary.json"
             report.update({"name": args.name, "command": command, "weights": repo_relative(out_path),
-                           "train_command": (recipe_command(args.name) if args.name in SHIPPED_STAGES
+                           "train_command": (recipe_command(args.name) if args.name in STAGE_CHAINS
                                              else f"python -m replication.miniworld.train_clip --name {args.name}"),
                            "train_summary": json.loads(train_summary.read_text()) if train_summary.is_file() else None,
                            "weights_sha256": file_sha256(Path(out_path)), "file_bytes": Path(out_path).stat().st_size,
