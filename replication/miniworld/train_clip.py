@@ -251,11 +251,11 @@ PRESETS["clip_a_rnb_anchored"] = replace(PRESETS["clip_a_rn_anchored"], name="cl
                                          architecture=PRESETS["clip_b_rn"].architecture,
                                          init_weights="artifacts/mini_clip/clip_a_rnb_stage1.pt")
 # Is the colour leak of the directed stage a BatchNorm effect (see freeze_batchnorm)? The directed stage's terms run
-# on the committed CLIP B candidate, once with the BatchNorm layers training and once held at their running statistics.
+# on the CLIP B candidate (shipped since as clip_b.pt), once with the BatchNorm layers training and once held at their running statistics.
 for _frozen in (False, True):
     _name = "clip_b_rn_directed_probe" + ("_frozen_bn" if _frozen else "")
     PRESETS[_name] = replace(PRESETS["clip_b_rn_smiling"], name=_name, steps=300, lr=3e-4, warmup_steps=20,
-                             init_weights="replication/miniworld/weights/candidates/clip_b_rn.pt", direction_weight=5.0,
+                             init_weights="replication/miniworld/weights/clip_b.pt", direction_weight=5.0,
                              palette_pairs=16, colour_anchor_weight=20.0, freeze_batchnorm=_frozen)
 
 # CLIP A on the ResNet tower with the BatchNorm layers held from stage 2 on, in CLIP B's stage order plus the directed
