@@ -66,7 +66,7 @@ replicate: env
 
 # Each CLIP trains in resumable stages (train_clip.SHIPPED_STAGES): stage k writes artifacts/mini_clip/<family>_stage<k>.pt
 # (git-ignored), the next stage starts from it, and the last writes the shipped file. CLIP A (NADA's guidance): stage 1,
-# anchored, joined smiling+directed, smiling, directed (about 36+45+30+47+15 min on one thread); CLIP B: stage 1,
+# anchored, joined smiling+directed, smiling, directed (about 36+45+30+50+15 min on one thread); CLIP B: stage 1,
 # anchored, smiling (about 10+15+17 min). The four models are independent one-thread jobs: `make -j2 mini-world` trains
 # two at a time on a 2-core machine.
 CLIP_A_STAGES := clip_a clip_a_anchored clip_a_joined clip_a_smiling clip_a_directed

@@ -183,10 +183,10 @@ PRESETS: dict[str, ClipTrainConfig] = {
         architecture=ClipArchitecture(embed_dim=96, vision_layers=3, vision_width=96, vision_patch_size=8,
                                       transformer_width=96, transformer_layers=3)),
 }
-# The first shipped CLIPs (ViT towers, until 2026-12-05; renamed clip_a_vit* / clip_b_vit* at the end of this table)
-# continue stage 1: stage 2 adds the attribute-anchoring and colour-invariance terms (see ClipTrainConfig); CLIP A, NADA's
-# guidance, has a stage 3 that adds the paired-direction term, palette swaps and the colour anchor. The ResNet families
-# below derive from these stages.
+# The first shipped CLIPs (ViT towers, until 2026-12-05; renamed clip_a_vit* / clip_b_vit* at the end of this
+# table) continue stage 1: stage 2 adds the attribute-anchoring and colour-invariance terms (see ClipTrainConfig);
+# CLIP A, NADA's guidance, has a stage 3 that adds the paired-direction term, palette swaps and the colour anchor. The
+# ResNet families below derive from these stages.
 _VIT_STAGES: dict[str, tuple[str, ...]] = {"clip_a": ("clip_a", "clip_a_anchored", "clip_a_directed"),
                                            "clip_b": ("clip_b", "clip_b_anchored")}
 for _name in _VIT_STAGES:
@@ -251,7 +251,8 @@ PRESETS["clip_a_rnb_anchored"] = replace(PRESETS["clip_a_rn_anchored"], name="cl
                                          architecture=PRESETS["clip_b_rn"].architecture,
                                          init_weights="artifacts/mini_clip/clip_a_rnb_stage1.pt")
 # Is the colour leak of the directed stage a BatchNorm effect (see freeze_batchnorm)? The directed stage's terms run
-# on the CLIP B candidate (shipped since as clip_b.pt), once with the BatchNorm layers training and once held at their running statistics.
+# on the CLIP B candidate (shipped since as clip_b.pt), once with the BatchNorm layers training and once held at their
+# running statistics.
 for _frozen in (False, True):
     _name = "clip_b_rn_directed_probe" + ("_frozen_bn" if _frozen else "")
     PRESETS[_name] = replace(PRESETS["clip_b_rn_smiling"], name=_name, steps=300, lr=3e-4, warmup_steps=20,
