@@ -12,7 +12,7 @@ SHIFTS ?=
 METHODS ?=
 SEEDS ?=
 
-.PHONY: env env-legacy test convert crosscheck replicate figures collect bench mini-world mini-world-clip-a \
+.PHONY: env env-legacy test convert crosscheck replicate figures collect bench bench-recipes mini-world mini-world-clip-a \
 	mini-world-clip-b mini-world-evaluator mini-world-generator mini-measure clean-env help
 
 help:
@@ -26,6 +26,7 @@ help:
 	@echo "make test        build the trainer environment (.venv) if needed and run the CPU test suite"
 	@echo "make convert     convert every official generator found in the weight cache into our checkpoint format"
 	@echo "make bench       seconds per training step and peak memory -> results/bench/"
+	@echo "make bench-recipes  each mini-world recipe's time on two threads, stage by stage -> results/bench/"
 	@echo "make env         build only the trainer environment"
 	@echo "make crosscheck NVIDIA_TF_REPO=...  build a tiny official TF StyleGAN2 with NVIDIA's code, convert it, compare renders"
 	@echo "make env-legacy  build the legacy TensorFlow 1.15 converter environment (Python 3.7) in .venv-legacy"
@@ -66,37 +67,43 @@ replicate: env
 
 # Each CLIP trains in resumable stages (train_clip.SHIPPED_STAGES): stage k writes artifacts/mini_clip/<family>_stage<k>.pt
 # (git-ignored), the next stage starts from it, and the last writes the shipped file. CLIP A (NADA's guidance): stage 1,
-# anchored, joined smiling+directed, smiling, directed (about 36+45+30+50+15 min on one thread); CLIP B: stage 1,
-# anchored, smiling (about 10+15+17 min). The four models are independent one-thread jobs: `make -j2 mini-world` trains
-# two at a time on a 2-core machine.
+# anchored, joined smiling+directed, smiling, directed (about 36+45+30+50+15 min on one thread beside another job,
+# 82 min in all alone on two); CLIP B: stage 1, anchored, smiling (about 10+15+17 min). The four models are
+# independent one-thread jobs: `make -j2 mini-world` trains two at a time on a 2-core machine.
+# Torch threads of every recipe command: 1 for `make -j2 mini-world` (two models at a time), 2 for one model alone
+# (`make bench-recipes` estimates each recipe at 2: results/bench/mini-recipes-2t.json).
+MINI_THREADS ?= 1
+CLIP_TRAIN = $(PY) -m replication.miniworld.train_clip --threads $(MINI_THREADS)
 CLIP_A_STAGES := clip_a clip_a_anchored clip_a_joined clip_a_smiling clip_a_directed
 CLIP_B_STAGES := clip_b clip_b_anchored clip_b_smiling
 mini-world: mini-world-clip-a mini-world-clip-b mini-world-evaluator mini-world-generator
 	@echo "new weights: update their sha256 in env/weights.toml (python -m replication.weights verify NAME prints it)"
 
 mini-world-clip-a: env
-	set -e; for stage in $(CLIP_A_STAGES); do $(PY) -m replication.miniworld.train_clip --name $$stage; done
+	set -e; for stage in $(CLIP_A_STAGES); do $(CLIP_TRAIN) --name $$stage; done
 
 mini-world-clip-b: env
-	set -e; for stage in $(CLIP_B_STAGES); do $(PY) -m replication.miniworld.train_clip --name $$stage; done
+	set -e; for stage in $(CLIP_B_STAGES); do $(CLIP_TRAIN) --name $$stage; done
 
 mini-world-evaluator: env
-	$(PY) -m replication.miniworld.evaluator train --out replication/miniworld/weights/evaluator.pt
+	$(PY) -m replication.miniworld.evaluator train --threads $(MINI_THREADS) \
+		--out replication/miniworld/weights/evaluator.pt
 
 # The generator is four resumable stages (artifacts/ between them): 2,400 steps from scratch; 16,000 more distillation
-# steps (about 70 min on two threads, twice that on one); 2,000 with the smile's mapping input reseeded and the mouth
+# steps (about 70-95 min on two threads, twice that on one); 2,000 with the smile's mapping input reseeded and the mouth
 # term (the stage-2 mapping network drops the smile: issue 4 note of 2026-12-03); 3,000 with a stronger mouth term.
 # Each stage records the sha256 of the one it starts from.
 GEN_STAGE1 := artifacts/mini_world/generator_stage1.pt
 GEN_STAGE2 := artifacts/mini_world/generator_stage2.pt
 GEN_STAGE3 := artifacts/mini_world/generator_stage3.pt
+GEN_TRAIN = $(PY) -m replication.miniworld.train_generator train --threads $(MINI_THREADS)
 mini-world-generator: env
-	$(PY) -m replication.miniworld.train_generator train --out $(GEN_STAGE1)
-	$(PY) -m replication.miniworld.train_generator train --init $(GEN_STAGE1) --steps 16000 --lr 5e-3 \
+	$(GEN_TRAIN) --out $(GEN_STAGE1)
+	$(GEN_TRAIN) --init $(GEN_STAGE1) --steps 16000 --lr 5e-3 \
 		--run-dir artifacts/mini_world/generator_stage2 --out $(GEN_STAGE2)
-	$(PY) -m replication.miniworld.train_generator train --init $(GEN_STAGE2) --reseed-inputs smile --steps 2000 \
+	$(GEN_TRAIN) --init $(GEN_STAGE2) --reseed-inputs smile --steps 2000 \
 		--lr 3e-3 --mouth 2.0 --run-dir artifacts/mini_world/generator_stage3 --out $(GEN_STAGE3)
-	$(PY) -m replication.miniworld.train_generator train --init $(GEN_STAGE3) --steps 3000 --lr 3e-3 --mouth 5.0 \
+	$(GEN_TRAIN) --init $(GEN_STAGE3) --steps 3000 --lr 3e-3 --mouth 5.0 \
 		--run-dir artifacts/mini_world/generator_stage4 --out replication/miniworld/weights/generator.pt
 
 mini-measure: env
@@ -116,3 +123,7 @@ clean-env:
 
 bench: env
 	$(PY) -m replication.bench
+
+# About 6 min: times every stage of the four registry recipes from two short runs each (see the module docstring).
+bench-recipes: env
+	$(PY) -m replication.miniworld.recipe_bench --threads 2

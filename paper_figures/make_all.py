@@ -19,7 +19,7 @@ from metrics.stats import bootstrap_ci  # noqa: E402
 from replication.runio import REPO_ROOT  # noqa: E402
 
 HEADLINE = ("target_accuracy", "kept_label_accuracy", "attr_r2_ratio", "edge_corr_true", "paired_l1",
-            "pixel_spread_ratio", "fid_evaluator", "clip_dir")
+            "pixel_spread_ratio", "feature_spread_ratio", "fid_evaluator", "clip_dir")
 
 
 def _base(metric: str) -> str:

@@ -128,3 +128,28 @@ def test_the_guidance_scores_a_zombie_with_the_wrong_skin_below_the_true_one():
                                                            d).mean().item()
                for name, a in (("true", attrs), ("darker", darker))}
     assert cos["true"] > 0.9 and cos["darker"] < cos["true"] - 0.005, cos
+
+
+def test_feature_spread_sees_a_collapse_that_pixel_spread_misses():
+    """A run that draws one image at a few pixels' jitter passes the pixel-spread bar; the evaluator-feature spread,
+    scaled by the true renders', does not let it (the global loss's collapsed runs scored 0.47-0.60 in pixels)."""
+    from metrics.miniworld import mini_shift, sample, score_shift
+    from replication.miniworld.render import render
+    from replication.miniworld.train_generator import latent_to_attributes
+
+    torch.set_num_threads(1)
+    G_src, _ = load_generator(resolve_generator_path("mini-stylegan2"))
+    evaluator, kind = load_evaluator(), mini_shift("photo", "sketch")
+    z = torch.randn(64, G_src.style_dim, generator=torch.Generator().manual_seed(4))
+    attrs = latent_to_attributes(z)
+    x_src, x_true = sample(G_src, z), render(attrs, "sketch", "human")
+
+    def spreads(x_tgt):
+        scores = score_shift(G_src, None, evaluator, kind, z, true_attrs=attrs, images=(x_src, x_tgt))
+        return scores["feature_spread_ratio"], scores["pixel_spread_ratio"]
+
+    assert abs(spreads(x_true)[0] - 1.0) < 1e-6
+    assert spreads(x_true[:1].expand_as(x_true).clone())[0] < 1e-3
+    jittered = torch.stack([torch.roll(x_true[0], (i % 5 - 2, i // 5 % 5 - 2), (1, 2)) for i in range(len(z))])
+    feature, pixel = spreads(jittered)
+    assert pixel > 0.5 and feature < 0.45, (feature, pixel)

@@ -654,7 +654,7 @@ def measure(model: Evaluator, samples_per_domain: int = 2000, *, progress: bool 
 # ------------------------------------------------------------------------------------------------------------------ CLI
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m replication.miniworld.evaluator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train (or resume) the evaluator")
@@ -668,15 +668,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_measure.add_argument("--out", type=Path, default=DEFAULT_RESULTS)
     p_measure.add_argument("--samples-per-domain", type=int, default=2000)
     p_measure.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The recipe config of parsed `train` arguments."""
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     command = command_line("replication.miniworld.evaluator", argv)
     try:
         if args.threads < 1:
             raise EvaluatorError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
         if args.command == "train":
-            cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
-            train(args.out, cfg, command=command)
+            train(args.out, train_config(args), command=command)
             print(f"wrote {args.out}")
         else:
             if args.samples_per_domain < 10:

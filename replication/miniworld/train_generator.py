@@ -815,22 +815,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def train_config(args: argparse.Namespace) -> TrainGeneratorConfig:
+    """The recipe config of parsed `train` arguments; a warm start (`--init`, an existing file) is recorded by repo
+    path and sha256."""
+    init, init_sha = "", ""
+    if args.init is not None:
+        init, init_sha = repo_relative(args.init), file_sha256(args.init.resolve())
+    return TrainGeneratorConfig(steps=args.steps, batch=args.batch, seed=args.seed, lr=args.lr,
+                                adversarial=args.adversarial, loss=LossWeights(mouth=args.mouth),
+                                checkpoint_every=args.checkpoint_every, init_weights=init, init_sha256=init_sha,
+                                reseed_inputs=tuple(args.reseed_inputs))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     try:
         if args.command == "train":
-            init, init_sha = "", ""
-            if args.init is not None:
-                if not args.init.is_file():
-                    raise GeneratorRecipeError(f"--init {args.init} does not exist; train stage 1 first")
-                init, init_sha = repo_relative(args.init), file_sha256(args.init.resolve())
-            cfg = TrainGeneratorConfig(steps=args.steps, batch=args.batch, seed=args.seed, lr=args.lr,
-                                       adversarial=args.adversarial,
-                                       loss=LossWeights(mouth=args.mouth),
-                                       checkpoint_every=args.checkpoint_every, init_weights=init,
-                                       init_sha256=init_sha, reseed_inputs=tuple(args.reseed_inputs))
+            if args.init is not None and not args.init.is_file():
+                raise GeneratorRecipeError(f"--init {args.init} does not exist; train stage 1 first")
+            cfg = train_config(args)
             path = train_generator(cfg, args.run_dir, args.out, progress=not args.no_progress,
                                    command=command_line("replication.miniworld.train_generator", argv))
             print(f"wrote {path}")

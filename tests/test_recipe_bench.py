@@ -1,0 +1,45 @@
+"""The recipe bench reads every shipped model's registry recipe as its CLIs do and extrapolates stage times soundly."""
+import pytest
+
+from replication import weights
+from replication.miniworld import recipe_bench
+from replication.miniworld.train_clip import PRESETS, SHIPPED_STAGES
+
+
+def test_every_shipped_recipe_parses_into_its_stages_with_the_recipe_step_counts():
+    steps = {name: [stage.steps for stage in recipe_bench.recipe_stages(weights.get_entry(name).recipe)]
+             for name in recipe_bench.MINI_MODELS}
+    assert steps["mini-clip-a"] == [PRESETS[s].steps for s in SHIPPED_STAGES["clip_a"]]
+    assert steps["mini-clip-b"] == [PRESETS[s].steps for s in SHIPPED_STAGES["clip_b"]]
+    assert steps["mini-evaluator"] == [6000]
+    # the generator's steps come from each command's own flags (stage 1 from the recipe default)
+    assert steps["mini-stylegan2"] == [2400, 16000, 2000, 3000]
+
+
+def test_a_stage_time_is_its_fixed_cost_plus_its_steps_at_the_marginal_rate(tmp_path, monkeypatch):
+    calls = []
+    clock = {"now": 0.0}
+
+    def run(steps, scratch):
+        assert scratch.is_dir()
+        calls.append((steps, scratch))
+        clock["now"] += 5.0 + 0.5 * steps  # 5 s to set up, 0.5 s a step
+
+    monkeypatch.setattr(recipe_bench.time, "perf_counter", lambda: clock["now"])
+    row = recipe_bench.time_stage(recipe_bench.Stage("python -m x", 1200, run), 3, 13)
+    assert [c[0] for c in calls] == [3, 13]
+    assert not any(c[1].exists() for c in calls)  # scratch folders are removed
+    assert row["seconds_per_step"] == 0.5 and row["fixed_seconds"] == 5.0
+    assert row["estimated_minutes"] == round((5.0 + 1200 * 0.5) / 60, 1)
+
+
+def test_bad_recipe_commands_and_arguments_are_one_line_errors(capsys):
+    with pytest.raises(recipe_bench.RecipeBenchError, match="cannot time recipe command"):
+        recipe_bench.recipe_stages("python -m replication.train --shift mini--sketch")
+    with pytest.raises(recipe_bench.RecipeBenchError, match="expected train_clip --name"):
+        recipe_bench.recipe_stages("python -m replication.miniworld.train_clip --name no_such_preset")
+    with pytest.raises(recipe_bench.RecipeBenchError, match="short < long"):
+        recipe_bench.time_stage(recipe_bench.Stage("c", 10, lambda steps, scratch: None), 5, 5)
+    assert recipe_bench.main(["--models", "mini-nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown model(s) mini-nope") and "\n" not in err
