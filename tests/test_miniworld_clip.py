@@ -408,6 +408,24 @@ def test_collapse_blindness_is_one_for_a_single_pair_and_lower_for_the_shipped_a
     assert set(scores["darker_skin_cosine_drop"]) == set(scores["palette_swap_mean_cosine"])
     assert scores["darker_skin_cosine_drop"]["zombie"] > 0  # the colour anchor: darker zombies align less
     assert set(scores["attribute_edit_max_mean_abs_cosine"]) == set(ATTRIBUTE_NAMES)
+    # a zombie's shapes in human colours are only part of the change the zombie direction asks for
+    zombie = scores["per_target"]["zombie"]
+    assert zombie["in_source_colours_mean_cosine"] < zombie["mean_cosine"] - 0.2
+
+
+def test_in_source_colours_keeps_the_targets_luminance_and_the_sources_chroma():
+    attrs = sample_attributes(4, _gen(5))
+    source, target = render(attrs, "photo", "human"), render(attrs, "sketch", "human")
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    mixed = train_clip.in_source_colours(target, source)
+    inside = ((mixed > -1) & (mixed < 1)).all(1)  # pixels away from clamping, [N, H, W]
+    assert inside.float().mean() > 0.2  # white paper under a saturated backdrop clips
+    assert torch.allclose((mixed * luma).sum(1)[inside], (target * luma).sum(1)[inside], atol=1e-5)
+    chroma = source - (source * luma).sum(1, keepdim=True)
+    mixed_chroma = mixed - (mixed * luma).sum(1, keepdim=True)
+    assert torch.allclose(mixed_chroma.permute(0, 2, 3, 1)[inside], chroma.permute(0, 2, 3, 1)[inside], atol=1e-5)
+    assert torch.allclose(train_clip.in_source_colours(source, source), source.clamp(-1, 1), atol=1e-5)
+    assert torch.allclose(train_clip.in_source_colours(target, target), target, atol=1e-5)  # a grey source: no colour
 
 
 def test_attribute_probe_reads_an_embedding_that_carries_the_attributes():

@@ -1,9 +1,11 @@
 """Time the registry's retraining recipes of the four mini-world models on this machine, stage by stage.
 
 Each stage command of a recipe (env/weights.toml, `recipe`) is parsed exactly as its CLI parses it and run twice
-through the real training function, for `short` and `long` steps, into a temporary folder. The difference gives
-the seconds per step without the fixed cost of a stage (building models, tokenising, writing files), and a stage's
-time is its fixed cost plus its full step count at that rate. Warm starts are replaced by fresh weights of the same
+through the real training function, for `short` steps and for `short` plus a span, into a temporary folder. The
+difference gives the seconds per step without the fixed cost of a stage (building models, tokenising, writing files);
+the span is a whole period of the stage's periodic work (text directions refreshed every 50 CLIP steps, a checkpoint
+every 100 generator or evaluator steps), so that work is in the rate. A stage's time is its fixed cost plus its full
+step count at that rate. Warm starts are replaced by fresh weights of the same
 architecture: a step costs the same either way. Nothing in the repository is written except the result JSON.
 
     python -m replication.miniworld.recipe_bench                 # 2 threads, every model
@@ -39,6 +41,7 @@ class Stage:
     command: str
     steps: int  # the recipe's full step count
     run: Callable[[int, Path], None]  # (steps, scratch folder) -> trains that many steps there
+    period: int = 1  # steps between the stage's periodic extra work (1: none)
 
 
 def _clip_stage(command: str, args: list[str]) -> Stage:
@@ -52,7 +55,8 @@ def _clip_stage(command: str, args: list[str]) -> Stage:
         train(replace(config, steps=steps, init_weights="", init_sha256=""), scratch / "run", scratch / "clip.pt",
               progress=False)
 
-    return Stage(command, config.steps, run)
+    uses_directions = config.invariance_weight > 0 or config.direction_weight > 0
+    return Stage(command, config.steps, run, config.directions_every if uses_directions else 1)
 
 
 def _evaluator_stage(command: str, args: list[str]) -> Stage:
@@ -66,7 +70,7 @@ def _evaluator_stage(command: str, args: list[str]) -> Stage:
     def run(steps: int, scratch: Path) -> None:
         train(scratch / "evaluator.pt", replace(config, steps=steps), progress=False)
 
-    return Stage(command, config.steps, run)
+    return Stage(command, config.steps, run, config.checkpoint_every)
 
 
 def _generator_stage(command: str, args: list[str]) -> Stage:
@@ -82,7 +86,7 @@ def _generator_stage(command: str, args: list[str]) -> Stage:
     def run(steps: int, scratch: Path) -> None:
         train_generator(replace(config, steps=steps), scratch / "run", scratch / "generator.pt", progress=False)
 
-    return Stage(command, config.steps, run)
+    return Stage(command, config.steps, run, config.checkpoint_every)
 
 
 STAGE_READERS = {
@@ -104,10 +108,12 @@ def recipe_stages(recipe: str) -> list[Stage]:
     return stages
 
 
-def time_stage(stage: Stage, short: int, long: int) -> dict[str, float | int | str]:
-    """Seconds per step (from the two runs' difference), fixed seconds, and the stage's estimated minutes."""
-    if not 1 <= short < long:
-        raise RecipeBenchError(f"need 1 <= short < long step counts, got {short} and {long}")
+def time_stage(stage: Stage, short: int, min_span: int) -> dict[str, float | int | str]:
+    """Seconds per step (from the two runs' difference), fixed seconds, and the stage's estimated minutes. The runs
+    differ by the smallest multiple of the stage's period that is at least `min_span` steps."""
+    if short < 1 or min_span < 1:
+        raise RecipeBenchError(f"need at least 1 short step and a span of at least 1, got {short} and {min_span}")
+    long = short + stage.period * -(-min_span // stage.period)
     seconds = []
     for steps in (short, long):
         with tempfile.TemporaryDirectory(prefix="recipe_bench_") as scratch:
@@ -121,7 +127,7 @@ def time_stage(stage: Stage, short: int, long: int) -> dict[str, float | int | s
             "estimated_minutes": round((fixed + stage.steps * per_step) / 60.0, 1)}
 
 
-def bench_recipe(name: str, short: int, long: int, *, log: Callable[[str], None] = print) -> dict:
+def bench_recipe(name: str, short: int, min_span: int, *, log: Callable[[str], None] = print) -> dict:
     """Time every stage of a registry model's recipe; the total is the estimated minutes of the whole recipe."""
     from replication import weights
 
@@ -130,7 +136,7 @@ def bench_recipe(name: str, short: int, long: int, *, log: Callable[[str], None]
         raise RecipeBenchError(f"{name} has no recipe in env/weights.toml; choose from {', '.join(MINI_MODELS)}")
     rows = []
     for stage in recipe_stages(entry.recipe):
-        rows.append(time_stage(stage, short, long))
+        rows.append(time_stage(stage, short, min_span))
         log(f"{name}: {rows[-1]['estimated_minutes']:7.1f} min  {rows[-1]['seconds_per_step']:.3f} s/step x "
             f"{stage.steps}  {stage.command.split(' -m ')[-1]}")
     total = round(sum(float(r["estimated_minutes"]) for r in rows), 1)
@@ -144,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", nargs="*", default=list(MINI_MODELS), help=f"default: {' '.join(MINI_MODELS)}")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2: the bar's two cores)")
     parser.add_argument("--short", type=int, default=3, help="steps of the first timing run of each stage")
-    parser.add_argument("--long", type=int, default=13, help="steps of the second timing run of each stage")
+    parser.add_argument("--span", type=int, default=10,
+                        help="least extra steps of the second run (rounded up to whole periods of the stage)")
     parser.add_argument("--out", type=Path, help="result JSON (default results/bench/mini-recipes-<threads>t.json)")
     args = parser.parse_args(argv)
     try:
@@ -155,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise RecipeBenchError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MINI_MODELS)}")
         torch.set_num_threads(args.threads)
         began = time.time()
-        models = [bench_recipe(name, args.short, args.long) for name in args.models]
+        models = [bench_recipe(name, args.short, args.span) for name in args.models]
     except RecipeBenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -164,8 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                          shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
                      "threads": args.threads, "torch": torch.__version__, **git_state(),
                      "bar_minutes": RECIPE_BAR_MINUTES, "bench_seconds": round(time.time() - began, 1),
-                     "method": "per-stage seconds per step from two short runs (difference), times the recipe's "
-                               "steps, plus the stage's fixed cost; an estimate, not a full run",
+                     "method": "per-stage seconds per step from two short runs (their difference, a whole period of "
+                               "the stage's periodic work), times the recipe's steps, plus the stage's fixed cost; an "
+                               "estimate, not a full run",
                      "models": models})
     print(f"wrote {out}")
     return 0

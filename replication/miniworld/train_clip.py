@@ -761,6 +761,13 @@ def target_domains() -> list[tuple[str, str, str, str, str]]:
     return out
 
 
+def in_source_colours(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Each target image's luminance (Rec. 601) with its source image's chroma: the target's shapes, lines and tones
+    in the source's colours, [-1, 1]."""
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return ((target * luma).sum(1, keepdim=True) + source - (source * luma).sum(1, keepdim=True)).clamp(-1.0, 1.0)
+
+
 def direction_scores(encoder: ClipEncoder, n_pairs: int = 200) -> dict[str, Any]:
     """Alignment of paired image differences (source -> target, same attributes) with NADA's text directions."""
     attrs = sample_attributes(n_pairs, torch.Generator().manual_seed(PAIR_SEED))
@@ -772,7 +779,8 @@ def direction_scores(encoder: ClipEncoder, n_pairs: int = 200) -> dict[str, Any]
     per_target: dict[str, dict[str, float]] = {}
     right = 0
     for t, (label, _, _, style, character) in enumerate(targets):
-        target_feats = _image_features(encoder, render(attrs, style, character))
+        target_images = render(attrs, style, character)
+        target_feats = _image_features(encoder, target_images)
         diff = F.normalize(target_feats - source_feats, dim=-1)
         cos = diff @ directions.t()  # [P, T]
         picked = (cos.argmax(1) == t).float()
@@ -780,7 +788,12 @@ def direction_scores(encoder: ClipEncoder, n_pairs: int = 200) -> dict[str, Any]
         # A generator collapsed onto one target image (here the first pair's) makes the differences
         # E(target_0) - E(source_i); the nearer they are to the true ones, the less NADA's loss can see a collapse.
         collapsed = F.normalize(target_feats[:1] - source_feats, dim=-1)
+        # The target drawn in the source's colours: near mean_cosine, the guidance credits the shapes alone as fully
+        # as the whole change, and NADA need not change the colours (its sketches kept the photo's colours).
+        kept = F.normalize(_image_features(encoder, in_source_colours(target_images, source_images)) - source_feats,
+                           dim=-1)
         per_target[label] = {"mean_cosine": float(cos[:, t].mean()), "picked_fraction": float(picked.mean()),
+                             "in_source_colours_mean_cosine": float((kept @ directions[t]).mean()),
                              "collapsed_vs_true_difference_cosine": float((collapsed * diff).sum(1).mean()),
                              "within_target_mean_pairwise_cosine": float((target_feats @ target_feats.t()).mean())}
     # hard negatives and plain augmentations of the same source renders: they must not look like any target
