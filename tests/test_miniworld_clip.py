@@ -636,3 +636,22 @@ def test_frozen_batchnorm_keeps_running_statistics_and_still_trains_the_resnet_t
         moved = [not torch.equal(before[k], after[k]) for k in stats]
         assert (not any(moved)) if frozen else all(moved)
         assert all(not torch.equal(before[k], after[k]) for k in gains)  # the affine part trains either way
+
+
+def test_colour_kept_pairs_are_sketches_and_the_hinge_is_zero_only_past_the_margin():
+    config = ClipTrainConfig(name="tiny", architecture=TINY, seed=4, batch_size=8, direction_weight=1.0,
+                             colour_kept_weight=1.0, colour_kept_pairs=5)
+    source, target, kept, shift = train_clip.training_batch(config, 3)["colour_kept"]
+    domains = train_clip.target_domains()
+    assert len(source) == 5 and all(domains[int(t)][3] == "sketch" for t in shift)
+    assert torch.equal(kept, train_clip.in_source_colours(target, source))
+    model = build_clip(TINY, 0).eval()
+    directions = train_clip.training_text_directions(model)
+    with torch.no_grad():
+        loss = train_clip.colour_kept_loss(model, source, target, kept, shift, directions, "clip", 0.3)
+        # the "recoloured" target equal to the true one aligns exactly as much: the full margin is the loss
+        same = train_clip.colour_kept_loss(model, source, target, target, shift, directions, "clip", 0.3)
+        none = train_clip.colour_kept_loss(model, source, target, target, shift, directions, "clip", 0.0)
+    assert 0.0 <= float(loss) and float(same) == pytest.approx(0.3, abs=1e-5) and float(none) == 0.0
+    with pytest.raises(train_clip.ClipTrainingError, match="direction_weight"):
+        replace(config, direction_weight=0.0)

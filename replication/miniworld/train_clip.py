@@ -151,6 +151,15 @@ class ClipTrainConfig:
     smile_weight: float = 0.0
     smile_triplets: int = 16
     directions_every: int = 50  # steps between refreshes of the (no-grad) text directions the term uses
+    # Weight of a colour-kept ranking term: renders of the same faces in the source and in a target style of
+    # colour_kept_styles, and the target redrawn in the source's colours (in_source_colours); the true target's paired
+    # difference must align with the shift's text direction by colour_kept_margin more than the recoloured one's
+    # (hinge). Without it both shipped CLIPs credit a sketch in photo colours as fully as the true, grey one (0.91 vs
+    # 0.93 for A), and NADA's sketches keep the photo's colours.
+    colour_kept_weight: float = 0.0
+    colour_kept_pairs: int = 16
+    colour_kept_margin: float = 0.3
+    colour_kept_styles: tuple[str, ...] = ("sketch",)
     # Hold the image tower's BatchNorm layers (ModifiedResNet only; the ViT towers have none) at their running
     # statistics, as ClipEncoder, NADA and the measurement use them. In train mode every auxiliary batch (photo+human
     # invariance pairs, paired directions, smile triplets) is normalised by its own statistics, so what the terms teach
@@ -161,6 +170,9 @@ class ClipTrainConfig:
     def __post_init__(self) -> None:
         if self.palette_pairs > 0 and self.invariance_weight <= 0:
             raise ClipTrainingError("palette_pairs joins the invariance term; give invariance_weight > 0 as well")
+        if self.colour_kept_weight > 0 and self.direction_weight <= 0:
+            raise ClipTrainingError("colour_kept_weight uses the paired-direction term's text directions; give "
+                                    "direction_weight > 0 as well")
         if self.colour_anchor_weight > 0 and self.direction_weight <= 0:
             raise ClipTrainingError("colour_anchor_weight reads the paired-direction renders; give direction_weight > 0 "
                                     "as well")
@@ -320,6 +332,11 @@ for _family, _pairs in _SHIPPED_FROM.items():
                                   init_weights=f"artifacts/mini_clip/{_family}_stage{_k}.pt" if _k else "")
 SHIPPED_STAGES: dict[str, tuple[str, ...]] = {family: tuple(stage for stage, _ in pairs)
                                               for family, pairs in _SHIPPED_FROM.items()}
+# A probe, not shipped: the shipped CLIP A plus 300 steps of its directed stage with the colour-kept ranking term on
+# sketch (does a guidance that wants the colours out draw grey sketches?).
+PRESETS["clip_a_grey_sketch_probe"] = replace(PRESETS["clip_a_directed"], name="clip_a_grey_sketch_probe",
+                                              init_weights="replication/miniworld/weights/clip_a.pt",
+                                              colour_kept_weight=5.0)
 # Every stage chain whose stages find each other's files by default: the shipped ones and the retired ViT ones (whose
 # last stage writes replication/miniworld/weights/<family>_vit.pt, beside the shipped files, never over them).
 STAGE_CHAINS: dict[str, tuple[str, ...]] = {**SHIPPED_STAGES, **_VIT_CHAINS}
@@ -420,6 +437,15 @@ def training_batch(config: ClipTrainConfig, step: int) -> dict[str, Any]:
         target = render(attrs, [domains[int(i)][3] for i in shift], [domains[int(i)][4] for i in shift])
         batch["direction_pairs"] = (source, target, shift)
         batch["direction_attrs"] = attrs
+    if config.colour_kept_weight > 0:
+        pair_rng = torch.Generator().manual_seed(train_batch_seed(config.seed, step) + 5)
+        attrs = sample_attributes(config.colour_kept_pairs, pair_rng)
+        domains = target_domains()
+        allowed = torch.tensor([t for t, d in enumerate(domains) if d[3] in config.colour_kept_styles])
+        shift = allowed[torch.randint(len(allowed), (config.colour_kept_pairs,), generator=pair_rng)]
+        source = render(attrs, SOURCE_STYLE, SOURCE_CHARACTER)
+        target = render(attrs, [domains[int(i)][3] for i in shift], [domains[int(i)][4] for i in shift])
+        batch["colour_kept"] = (source, target, in_source_colours(target, source), shift)
     if config.smile_weight > 0:
         batch["smile_triplets"] = smile_triplets(config.smile_triplets,
                                                  torch.Generator().manual_seed(train_batch_seed(config.seed, step) + 4),
@@ -501,6 +527,18 @@ def direction_loss(model: clip_model.CLIP, source: torch.Tensor, target: torch.T
     return (1.0 - (paired_differences(model, source, target, pixels) * directions[shift]).sum(dim=-1)).mean()
 
 
+def colour_kept_loss(model: clip_model.CLIP, source: torch.Tensor, target: torch.Tensor, kept: torch.Tensor,
+                     shift: torch.Tensor, directions: torch.Tensor, pixels: str, margin: float) -> torch.Tensor:
+    """Hinge on how much more the true target's paired difference aligns with its text direction than the target
+    redrawn in the source's colours does: mean of relu(margin - (cos_true - cos_kept))."""
+    feats = F.normalize(model.encode_image(model_pixels(torch.cat([source, target, kept]), pixels)), dim=-1)
+    src, tgt, kept_feats = feats.chunk(3)
+    direction = directions[shift]
+    true_cos = (F.normalize(tgt - src, dim=-1, eps=1e-6) * direction).sum(-1)
+    kept_cos = (F.normalize(kept_feats - src, dim=-1, eps=1e-6) * direction).sum(-1)
+    return F.relu(margin - (true_cos - kept_cos)).mean()
+
+
 def attribute_targets(attrs: torch.Tensor) -> torch.Tensor:
     """The colour-free attributes [N, len(GEOMETRY_ATTRIBUTES)] of attribute rows [N, 13], centred on 0."""
     return attrs[:, [ATTRIBUTE_INDEX[n] for n in GEOMETRY_ATTRIBUTES]] - 0.5
@@ -567,7 +605,8 @@ def train_step(model: clip_model.CLIP, optimizer: torch.optim.Optimizer, batch: 
                lr: float, head: torch.nn.Linear | None = None, attribute_weight: float = 0.0, *,
                pixels: str = "raw", directions: torch.Tensor | None = None, invariance_weight: float = 0.0,
                direction_weight: float = 0.0, colour_head: torch.nn.Linear | None = None,
-               colour_anchor_weight: float = 0.0, smile_weight: float = 0.0, freeze_batchnorm: bool = False) -> float:
+               colour_anchor_weight: float = 0.0, smile_weight: float = 0.0, freeze_batchnorm: bool = False,
+               colour_kept_weight: float = 0.0, colour_kept_margin: float = 0.3) -> float:
     """One contrastive update on a batch (plus the attribute, invariance, direction, colour and smile terms when
     enabled); returns the loss."""
     for group in optimizer.param_groups:
@@ -590,6 +629,9 @@ def train_step(model: clip_model.CLIP, optimizer: torch.optim.Optimizer, batch: 
         loss = loss + colour_anchor_weight * colour_anchor_loss(model, colour_head, batch, pixels)
     if smile_weight > 0:
         loss = loss + smile_weight * smile_loss(model, *batch["smile_triplets"], pixels)
+    if colour_kept_weight > 0 and directions is not None:
+        loss = loss + colour_kept_weight * colour_kept_loss(model, *batch["colour_kept"], directions, pixels,
+                                                            colour_kept_margin)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -665,7 +707,8 @@ def train(config: ClipTrainConfig, run_dir: Path, out_path: Path, *, progress: b
                           config.attribute_weight, pixels=config.pixels, directions=held["directions"],
                           invariance_weight=config.invariance_weight, direction_weight=config.direction_weight,
                           colour_head=colour_head, colour_anchor_weight=config.colour_anchor_weight,
-                          smile_weight=config.smile_weight, freeze_batchnorm=config.freeze_batchnorm)
+                          smile_weight=config.smile_weight, freeze_batchnorm=config.freeze_batchnorm,
+                          colour_kept_weight=config.colour_kept_weight, colour_kept_margin=config.colour_kept_margin)
         losses.append(loss)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
