@@ -26,9 +26,11 @@ OTHER_SHIFTS = ("mini--pixel-art", "mini--comic", "mini--neon", "mini--watercolo
 
 MAIN_HEADER = ("| shift, method | evaluator reads target (>= 0.8) | keeps other label (>= 0.9) | attribute R^2 ratio "
                "(>= 0.7) | edge corr. with true target, sketch (>= 0.85; source as is) | paired L1 (source as is) | "
-               "pixel spread vs source (>= 0.5) | CLIP A clip_dir (truth) | CLIP B clip_dir (truth) |")
+               "pixel spread vs source (>= 0.5) | feature spread vs truth | CLIP A clip_dir (truth) | CLIP B clip_dir "
+               "(truth) |")
 OTHER_HEADER = ("| shift | nada: target | kept label | attribute R^2 ratio | edge corr. with true target (source as is) "
-                "| spread | CLIP A clip_dir (truth) | nada-freeze: target, R^2 ratio, edge corr. | nada-global: target, "
+                "| spread: pixels, features | CLIP A clip_dir (truth) | nada-freeze: target, R^2 ratio, edge corr. | "
+                "nada-global: target, "
                 "R^2 ratio | oracle: target, R^2 ratio, edge corr. |")
 
 
@@ -81,14 +83,14 @@ class Cells:
 
 
 def main_table(cells: Cells) -> list[str]:
-    lines = [MAIN_HEADER, "|---" * 9 + "|"]
+    lines = [MAIN_HEADER, "|---" * 10 + "|"]
     for shift in MAIN_SHIFTS:
         for method in MAIN_METHODS:
             row = [f"{shift_label(shift)}, {method}", cells(shift, method, "mini_target_accuracy"),
                    cells(shift, method, "mini_kept_label_accuracy"), cells(shift, method, "mini_attr_r2_ratio"),
                    cells.with_truth(shift, method, "mini_edge_corr_true", "mini_edge_corr_true_src"),
                    cells.with_truth(shift, method, "mini_paired_l1", "mini_paired_l1_src"),
-                   cells(shift, method, "mini_pixel_spread_ratio"),
+                   cells(shift, method, "mini_pixel_spread_ratio"), cells(shift, method, "mini_feature_spread_ratio"),
                    cells.with_truth(shift, method, "train_clip_dir_miniclipa", "train_truth_clip_dir_miniclipa"),
                    cells.with_truth(shift, method, "clip_dir_miniclipb", "truth_clip_dir_miniclipb")]
             lines.append("| " + " | ".join(row) + " |")
@@ -101,7 +103,7 @@ def other_table(cells: Cells) -> list[str]:
         row = [shift_label(shift), cells(shift, "nada", "mini_target_accuracy"),
                cells(shift, "nada", "mini_kept_label_accuracy"), cells(shift, "nada", "mini_attr_r2_ratio"),
                cells.with_truth(shift, "nada", "mini_edge_corr_true", "mini_edge_corr_true_src"),
-               cells(shift, "nada", "mini_pixel_spread_ratio"),
+               ", ".join(cells(shift, "nada", m) for m in ("mini_pixel_spread_ratio", "mini_feature_spread_ratio")),
                cells.with_truth(shift, "nada", "train_clip_dir_miniclipa", "train_truth_clip_dir_miniclipa"),
                ", ".join(cells(shift, "nada-freeze", m) for m in ("mini_target_accuracy", "mini_attr_r2_ratio",
                                                                    "mini_edge_corr_true")),
