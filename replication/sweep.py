@@ -27,9 +27,12 @@ from replication.runio import REPO_ROOT, atomic_write_text, is_done
 SWEEPS_OUT = REPO_ROOT / "results" / "sweeps"
 # Headline metrics of the table: (column, stored metric prefix); "_src" columns are the unadapted generator's.
 TABLE_COLUMNS = (("target", "mini_target_accuracy"), ("kept", "mini_kept_label_accuracy"),
-                 ("R^2 ratio", "mini_attr_r2_ratio"), ("edge corr", "mini_edge_corr_true"),
+                 ("R^2 ratio", "mini_attr_r2_ratio"),
+                 ("R^2 ratio truth", "mini_attr_r2_ratio_true"), ("edge corr", "mini_edge_corr_true"),
                  ("edge corr src", "mini_edge_corr_true_src"), ("paired L1", "mini_paired_l1"),
-                 ("spread", "mini_pixel_spread_ratio"), ("guidance clip_dir", "train_clip_dir_miniclipa"),
+                 ("spread", "mini_pixel_spread_ratio"),
+                 ("feature spread", "mini_feature_spread_ratio"), ("chroma", "mini_chroma"),
+                 ("chroma truth", "mini_chroma_true"), ("guidance clip_dir", "train_clip_dir_miniclipa"),
                  ("... at the truth", "train_truth_clip_dir_miniclipa"))
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_-]*$")
 

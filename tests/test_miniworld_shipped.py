@@ -153,3 +153,26 @@ def test_feature_spread_sees_a_collapse_that_pixel_spread_misses():
     jittered = torch.stack([torch.roll(x_true[0], (i % 5 - 2, i // 5 % 5 - 2), (1, 2)) for i in range(len(z))])
     feature, pixel = spreads(jittered)
     assert pixel > 0.5 and feature < 0.45, (feature, pixel)
+
+
+def test_a_sketch_in_the_source_colours_is_scored_colourful_and_the_truth_sets_the_r2_ceiling():
+    """Both mini CLIPs credit a sketch drawn in the photo's colours like the true grey one, so the colours an
+    adaptation keeps are scored apart (chroma); and the true renders' own attribute R^2 ratio is reported as the
+    ceiling of a shift's attr_r2_ratio."""
+    from metrics.miniworld import mini_shift, sample, score_shift
+    from replication.miniworld.render import render
+    from replication.miniworld.train_clip import in_source_colours
+    from replication.miniworld.train_generator import latent_to_attributes
+
+    torch.set_num_threads(1)
+    G_src, _ = load_generator(resolve_generator_path("mini-stylegan2"))
+    evaluator, kind = load_evaluator(), mini_shift("photo", "sketch")
+    z = torch.randn(64, G_src.style_dim, generator=torch.Generator().manual_seed(6))
+    attrs = latent_to_attributes(z)
+    x_src, x_true = sample(G_src, z), render(attrs, "sketch", "human")
+    true = score_shift(G_src, None, evaluator, kind, z, true_attrs=attrs, images=(x_src, x_true))
+    assert true["chroma_true"] < 1e-6 and true["chroma"] == true["chroma_true"] and true["chroma_src"] > 0.05, true
+    assert true["attr_r2_ratio"] == true["attr_r2_ratio_true"] < 1.0
+    coloured = score_shift(G_src, None, evaluator, kind, z, true_attrs=attrs,
+                           images=(x_src, in_source_colours(x_true, x_src)))
+    assert coloured["chroma"] > 0.5 * true["chroma_src"] and coloured["chroma_true"] == true["chroma_true"], coloured
