@@ -44,6 +44,43 @@ def mini_shift(source_text: str, target_text: str) -> MiniShift:
                          f"{CHARACTERS[1:]}; got {source_text!r} -> {target_text!r}")
 
 
+@dataclass(frozen=True)
+class Bar:
+    """One of issue 4's bars for NADA on a mini shift: a stored score (metric prefix, e.g. "mini_target_accuracy")
+    passes at `lowest` or above, or, with `below_reference`, when it is lower than that reference score."""
+
+    name: str
+    metric: str
+    axes: tuple[str, ...]
+    lowest: float | None = None
+    below_reference: str | None = None
+
+    def passes(self, scores: dict[str, float]) -> bool | None:
+        """Verdict on one run's scores (prefix -> value); None when the bar does not apply or a score is missing."""
+        value = scores.get(self.metric)
+        if value is None:
+            return None
+        if self.below_reference is not None:
+            reference = scores.get(self.below_reference)
+            return None if reference is None else value < reference
+        return value >= self.lowest
+
+
+NADA_BARS = (
+    Bar("target", "mini_target_accuracy", ("style", "character"), lowest=0.8),
+    Bar("kept", "mini_kept_label_accuracy", ("style", "character"), lowest=0.9),
+    Bar("R^2 ratio", "mini_attr_r2_ratio", ("style", "character"), lowest=0.7),
+    Bar("edge corr", "mini_edge_corr_true", ("style",), lowest=0.85),
+    Bar("paired L1 below source", "mini_paired_l1", ("style",), below_reference="mini_paired_l1_src"),
+    Bar("spread", "mini_pixel_spread_ratio", ("style", "character"), lowest=0.5),
+)
+
+
+def bars_for(axis: str) -> tuple[Bar, ...]:
+    """The NADA bars that apply to a shift along `axis` ("style" or "character")."""
+    return tuple(bar for bar in NADA_BARS if axis in bar.axes)
+
+
 def edge_map(x: torch.Tensor) -> torch.Tensor:
     """Sobel gradient magnitude of the luminance, [N, H, W]."""
     grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from replication.runio import REPO_ROOT, git_state, write_json
+from replication.runio import REPO_ROOT, cpu_name, git_state, write_json
 
 BENCH_DIR = REPO_ROOT / "results" / "bench"
 
@@ -132,9 +132,7 @@ def run_one(cfg: BenchConfig, device: torch.device, steps: int, warmup: int) -> 
         result["device_name"] = torch.cuda.get_device_name(device)
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     else:
-        import platform
-
-        result["device_name"] = platform.processor() or platform.machine()
+        result["device_name"] = cpu_name()
         result["peak_memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
     return result
 

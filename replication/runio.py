@@ -85,6 +85,19 @@ def mark_done(run_dir: Path, summary: dict[str, Any]) -> None:
     write_json(Path(run_dir) / DONE_NAME, summary)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what the platform module knows: timings depend on it."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def git_state() -> dict[str, Any]:
     def run(*args: str) -> str:
         try:

@@ -128,29 +128,69 @@ def run_variant(sweep: Sweep, shift_name: str, variant: Variant, seed: int, outd
     return run_dir
 
 
-def _metric_value(rows: list[dict], prefix: str) -> float | None:
-    for row in rows:
-        if re.fullmatch(re.escape(prefix) + r"_n\d+", row["metric"]):
-            return float(row["value"])
-    return None
+def _run_scores(run_dir: Path) -> dict[str, float] | None:
+    """A finished run's stored scores by metric prefix ("mini_target_accuracy_n500" -> "mini_target_accuracy"), or
+    None when the run is not finished."""
+    if not (is_done(run_dir) and (run_dir / "metrics.jsonl").is_file()):
+        return None
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    return {re.sub(r"_n\d+$", "", row["metric"]): float(row["value"]) for row in rows}
 
 
-def table_markdown(sweep: Sweep, outdir: Path) -> str:
-    """One row per finished (shift, variant, seed): the headline scores and the training seconds."""
-    header = ["shift", "variant", "seed", *[c for c, _ in TABLE_COLUMNS], "train s"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+def _finished_runs(sweep: Sweep, outdir: Path):
+    """(shift, variant, seed, run_dir, scores) of every finished run of the sweep, in table order."""
     for shift_name in sweep.shifts:
         for variant in sweep.variants:
             for seed in sweep.seeds:
                 run_dir = outdir / sweep.name / "mini" / shift_name / variant.name / f"seed{seed}"
-                if not (is_done(run_dir) and (run_dir / "metrics.jsonl").is_file()):
-                    continue
-                rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-                seconds = json.loads((run_dir / "DONE").read_text() or "{}").get("seconds")
-                cells = [_metric_value(rows, prefix) for _, prefix in TABLE_COLUMNS]
-                lines.append("| " + " | ".join([shift_name, variant.name, str(seed),
-                                                *["" if v is None else f"{v:.2f}" for v in cells],
-                                                "" if seconds is None else f"{seconds:.0f}"]) + " |")
+                scores = _run_scores(run_dir)
+                if scores is not None:
+                    yield shift_name, variant, seed, run_dir, scores
+
+
+def table_markdown(sweep: Sweep, outdir: Path) -> str:
+    """One row per finished (shift, variant, seed): the headline scores and the training seconds; then, where a
+    (shift, variant) has several seeds, their mean and spread and how many seeds pass each of issue 4's bars."""
+    header = ["shift", "variant", "seed", *[c for c, _ in TABLE_COLUMNS], "train s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for shift_name, variant, seed, run_dir, scores in _finished_runs(sweep, outdir):
+        seconds = json.loads((run_dir / "DONE").read_text() or "{}").get("seconds")
+        cells = [scores.get(prefix) for _, prefix in TABLE_COLUMNS]
+        lines.append("| " + " | ".join([shift_name, variant.name, str(seed),
+                                        *["" if v is None else f"{v:.2f}" for v in cells],
+                                        "" if seconds is None else f"{seconds:.0f}"]) + " |")
+    summary = summary_markdown(sweep, outdir)
+    return "\n".join(lines) + "\n" + (f"\n{summary}" if summary else "")
+
+
+def summary_markdown(sweep: Sweep, outdir: Path) -> str:
+    """Per (shift, variant) with two or more finished seeds: each bar's score as mean +- sd over seeds and, in
+    brackets, how many seeds pass it; the last column counts the seeds that pass every bar of the shift."""
+    from metrics.miniworld import NADA_BARS, mini_shift
+
+    groups: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for shift_name, variant, _, _, scores in _finished_runs(sweep, outdir):
+        groups.setdefault((shift_name, variant.name), []).append(scores)
+    groups = {key: runs for key, runs in groups.items() if len(runs) >= 2}
+    if not groups:
+        return ""
+    header = ["shift", "variant", "seeds", *[bar.name for bar in NADA_BARS], "seeds passing every bar"]
+    lines = ["Over seeds: mean +- sd (seeds passing the bar); blank where the bar is not the shift's.\n",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (shift_name, variant_name), runs in groups.items():
+        task = load_shift(shift_name).task
+        axis = mini_shift(task.source_text, task.target_text).axis
+        cells, every = [], [True] * len(runs)
+        for bar in NADA_BARS:
+            verdicts = [bar.passes(scores) for scores in runs]
+            if axis not in bar.axes or any(v is None for v in verdicts):
+                cells.append("")
+                continue
+            values = torch.tensor([scores[bar.metric] for scores in runs], dtype=torch.float64)
+            cells.append(f"{values.mean():.2f} +- {values.std():.2f} ({sum(verdicts)}/{len(runs)})")
+            every = [e and v for e, v in zip(every, verdicts)]
+        lines.append("| " + " | ".join([shift_name, variant_name, str(len(runs)), *cells,
+                                        f"{sum(every)}/{len(runs)}"]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -179,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     try:
         sweep = load_sweep(args.sweep)
+        # the table covers every seed of the file and those asked for, not only this invocation's
+        table_sweep = Sweep(sweep.name, sweep.shifts, tuple(sorted({*sweep.seeds, *(args.seeds or ())})),
+                            sweep.n_eval, sweep.variants)
         if args.seeds:
             sweep = Sweep(sweep.name, sweep.shifts, tuple(args.seeds), sweep.n_eval, sweep.variants)
         chosen = [v for v in sweep.variants if not args.only or v.name in args.only]
@@ -202,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(first: {stale[0]}); redo them with --rerun-stale", file=sys.stderr)
     csv_path = write_scores(collect_rows(args.outdir / sweep.name), args.outdir / f"{sweep.name}.csv")
     md_path = args.outdir / f"{sweep.name}.md"
-    atomic_write_text(md_path, table_markdown(sweep, args.outdir))
+    atomic_write_text(md_path, table_markdown(table_sweep, args.outdir))
     print(f"scores: {csv_path}\ntable: {md_path}")
     return 0
 

@@ -70,3 +70,43 @@ def test_tiny_sweep_trains_scores_and_tabulates(tmp_path, capsys):
     assert main([str(path), "--outdir", str(out), "--only", "two-steps", "--no-progress", "--rerun-stale"]) == 0
     assert "other weights" not in capsys.readouterr().err
     assert json.loads((run_dir / "env.json").read_text())["weights_sha256"] != env["weights_sha256"]
+
+
+def test_a_bar_passes_at_its_threshold_and_the_paired_error_against_the_source():
+    from metrics.miniworld import NADA_BARS, bars_for
+
+    bars = {bar.name: bar for bar in NADA_BARS}
+    assert bars["target"].passes({"mini_target_accuracy": 0.8}) and not bars["target"].passes(
+        {"mini_target_accuracy": 0.79})
+    l1 = bars["paired L1 below source"]
+    assert l1.passes({"mini_paired_l1": 0.3, "mini_paired_l1_src": 0.6})
+    assert not l1.passes({"mini_paired_l1": 0.6, "mini_paired_l1_src": 0.6})
+    assert l1.passes({"mini_paired_l1": 0.3}) is None and bars["target"].passes({}) is None
+    assert "edge corr" in [b.name for b in bars_for("style")] and "edge corr" not in [b.name for b in bars_for("character")]
+
+
+def _fake_run(root, seed, **scores):
+    from replication.runio import mark_done
+
+    run_dir = root / "fake" / "mini" / "mini--zombie" / "v" / f"seed{seed}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"metric": f"{k}_n500", "value": v}) + "\n"
+                                                   for k, v in scores.items()))
+    mark_done(run_dir, {"seconds": 1.0})
+
+
+def test_the_table_counts_over_seeds_the_runs_that_pass_each_bar(tmp_path):
+    """Across seeds, a bar's verdict is a count: zombie seeds reading 0.9 and 0.7 pass the target bar once, and only
+    the character shift's bars are counted (no edge correlation on a character shift)."""
+    from replication.sweep import Sweep, Variant, table_markdown
+
+    good = dict(mini_kept_label_accuracy=1.0, mini_attr_r2_ratio=0.8, mini_pixel_spread_ratio=1.0,
+                mini_edge_corr_true=0.1)
+    _fake_run(tmp_path, 0, mini_target_accuracy=0.9, **good)
+    _fake_run(tmp_path, 1, mini_target_accuracy=0.7, **good)
+    sweep = Sweep("fake", ("mini--zombie",), (0, 1, 2), 500, (Variant("v", {}, "nada"),))
+    lines = table_markdown(sweep, tmp_path).splitlines()
+    assert sum(line.startswith("| mini--zombie | v | ") for line in lines) == 3  # two runs, one summary row
+    summary = lines[-1].split(" | ")
+    assert summary[2] == "2" and summary[3] == "0.80 +- 0.14 (1/2)" and summary[4] == "1.00 +- 0.00 (2/2)"
+    assert summary[6] == "" and summary[-1] == "1/2 |"

@@ -14,6 +14,7 @@ architecture: a step costs the same either way. Nothing in the repository is wri
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import tempfile
@@ -24,7 +25,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from replication.runio import REPO_ROOT, git_state, write_json
+from replication.runio import REPO_ROOT, cpu_name, git_state, write_json
 
 MINI_MODELS = ("mini-clip-a", "mini-clip-b", "mini-evaluator", "mini-stylegan2")
 RECIPE_BAR_MINUTES = 120.0  # issue 4: each shipped model's recipe runs on 2 CPU cores in at most 2 hours
@@ -169,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or REPO_ROOT / "results" / "bench" / f"mini-recipes-{args.threads}t.json"
     write_json(out, {"command": "python -m replication.miniworld.recipe_bench " + " ".join(
                          shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
-                     "threads": args.threads, "torch": torch.__version__, **git_state(),
+                     "threads": args.threads, "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__, **git_state(),
                      "bar_minutes": RECIPE_BAR_MINUTES, "bench_seconds": round(time.time() - began, 1),
                      "method": "per-stage seconds per step from two short runs (their difference, a whole period of "
                                "the stage's periodic work), times the recipe's steps, plus the stage's fixed cost; an "
