@@ -119,7 +119,7 @@ def environment_record(device: torch.device, weights: dict[str, str]) -> dict[st
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "num_threads": torch.get_num_threads(),
         "weights_sha256": dict(sorted(weights.items())),
     }

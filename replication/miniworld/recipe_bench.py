@@ -162,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             raise RecipeBenchError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MINI_MODELS)}")
         torch.set_num_threads(args.threads)
+        state = git_state()  # the code that is timed: an edit made while the bench runs must not change the record
         began = time.time()
         models = [bench_recipe(name, args.short, args.span) for name in args.models]
     except RecipeBenchError as exc:
@@ -170,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or REPO_ROOT / "results" / "bench" / f"mini-recipes-{args.threads}t.json"
     write_json(out, {"command": "python -m replication.miniworld.recipe_bench " + " ".join(
                          shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
-                     "threads": args.threads, "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__, **git_state(),
+                     "threads": args.threads, "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+                     "torch": torch.__version__, **state,
                      "bar_minutes": RECIPE_BAR_MINUTES, "bench_seconds": round(time.time() - began, 1),
                      "method": "per-stage seconds per step from two short runs (their difference, a whole period of "
                                "the stage's periodic work), times the recipe's steps, plus the stage's fixed cost; an "

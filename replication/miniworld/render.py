@@ -482,7 +482,16 @@ def _style_photo(scene: _Scene, size: int) -> Tensor:
     return image + 0.05 * grain
 
 
-def _style_sketch(scene: _Scene, size: int) -> Tensor:
+def _hatching(u: Tensor, period: float | None) -> Tensor:
+    """Pencil hatching strength 0..0.99 along u (pixels across the lines) with the given period; None: an even tone."""
+    if period is None:
+        return torch.full_like(u, 0.4 * 2.2)
+    return (_triangle_wave(u / period) - 0.55).clamp(0.0, 0.45) * 2.2
+
+
+def _style_sketch(scene: _Scene, size: int, hatch_period: float | None = 4.0) -> Tensor:
+    # hatch_period: spacing of the hatching along x and y in pixels at 64x64 (the diagonal lines are 1/sqrt(2) of it
+    # apart); other values are for replication.miniworld.sketch_probe, never for the shipped world
     s = scene.px_scale
     n = scene.background.shape[0]
     shaded = _flat(scene, size) * (0.45 + 0.65 * scene.lambert)
@@ -492,8 +501,8 @@ def _style_sketch(scene: _Scene, size: int) -> Tensor:
     darkness = fg * ((0.55 - luminance) / 0.5).clamp(0.0, 1.0) + (1.0 - fg) * 0.45 * scene.shadow
     xp = (scene.x.unsqueeze(1) + 1.0) * (size / 2.0) / s
     yp = (scene.y.unsqueeze(1) + 1.0) * (size / 2.0) / s
-    hatch_a = (_triangle_wave((xp + yp) / 4.0) - 0.55).clamp(0.0, 0.45) * 2.2
-    hatch_b = (_triangle_wave((xp - yp) / 4.0) - 0.55).clamp(0.0, 0.45) * 2.2
+    hatch_a = _hatching(xp + yp, hatch_period)
+    hatch_b = _hatching(xp - yp, hatch_period)
     hatch = torch.maximum(hatch_a * (darkness * 1.6).clamp(0.0, 1.0), hatch_b * (darkness * 2.0 - 1.3).clamp(0.0, 1.0))
     # Lines are drawn in painter's order so that nearer shapes hide the pencil lines behind them; hatching follows
     # the visible tone, so it needs no such care.
