@@ -82,16 +82,50 @@ def fig_mini_grids(runs_dir: Path, out: Path, seed: int = 0) -> Path | None:
     return path
 
 
-def make_all(scores_csv: Path, runs_dir: Path, out: Path) -> list[Path]:
+def fig_seed_verdicts(seed_scores: pd.DataFrame, out: Path) -> Path | None:
+    """One panel per thresholded NADA bar: every seed's score per (shift, method), the bar as a dashed line, so how
+    much of a pass or a miss rests on the seed can be seen (results/sweeps/mini-seeds.csv)."""
+    from metrics.miniworld import NADA_BARS
+
+    df = seed_scores[seed_scores.world == "mini"].copy()
+    df["prefix"] = df.metric.str.replace(r"_n\d+$", "", regex=True)
+    bars = [bar for bar in NADA_BARS if bar.lowest is not None and bar.metric in set(df.prefix)]
+    if not bars:
+        return None
+    groups = sorted({(shift, method) for shift, method in zip(df["shift"], df.method)})
+    fig, axes = plt.subplots(1, len(bars), figsize=(3.0 * len(bars), 3.6), squeeze=False)
+    for ax, bar in zip(axes[0], bars):
+        for i, (shift, method) in enumerate(groups):
+            vals = df[(df.prefix == bar.metric) & (df["shift"] == shift) & (df.method == method)].value.to_numpy()
+            if len(vals) == 0:
+                continue
+            passed = vals >= bar.lowest
+            ax.scatter([i] * len(vals), vals, s=14, c=["C2" if p else "C3" for p in passed], alpha=0.8)
+            ax.text(i, 1.02, f"{passed.sum()}/{len(vals)}", ha="center", fontsize=7, transform=ax.get_xaxis_transform())
+        ax.axhline(bar.lowest, color="k", ls="--", lw=0.8)
+        ax.set_xticks(range(len(groups)), [f"{s.replace('mini--', '')}\n{m}" for s, m in groups], rotation=45,
+                      fontsize=7, ha="right")
+        ax.set_title(f"{bar.name} (bar {bar.lowest:g})", fontsize=9, pad=14)
+    fig.tight_layout()
+    path = out / "mini_seeds.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def make_all(scores_csv: Path, runs_dir: Path, out: Path, seeds_csv: Path | None = None) -> list[Path]:
+    """Every figure whose data exist; `seeds_csv`: a many-seed sweep's scores (results/sweeps/mini-seeds.csv)."""
     out.mkdir(parents=True, exist_ok=True)
     scores = pd.read_csv(scores_csv) if Path(scores_csv).is_file() else pd.DataFrame(columns=["world"])
     made = [fig_mini_scores(scores, out) if not scores.empty else None, fig_mini_grids(Path(runs_dir), out)]
+    if seeds_csv is not None and Path(seeds_csv).is_file():
+        made.append(fig_seed_verdicts(pd.read_csv(seeds_csv), out))
     return [p for p in made if p is not None]
 
 
 def main(argv: list[str] | None = None) -> int:
     for path in make_all(REPO_ROOT / "results" / "scores.csv", REPO_ROOT / "results" / "runs",
-                         REPO_ROOT / "paper_figures" / "out"):
+                         REPO_ROOT / "paper_figures" / "out", REPO_ROOT / "results" / "sweeps" / "mini-seeds.csv"):
         print(f"figure: {path}")
     return 0
 

@@ -74,6 +74,10 @@ def test_collect_and_figures_from_a_fixture_tree(tmp_path):
     figures = make_all(csv_path, runs, tmp_path / "out")
     assert {p.name for p in figures} == {"mini_scores.png", "mini_grids.png"}
     assert all(p.stat().st_size > 1000 for p in figures)
+    # a many-seed sweep's scores (same long format) add the per-seed verdict figure
+    figures = make_all(csv_path, runs, tmp_path / "out", seeds_csv=csv_path)
+    assert "mini_seeds.png" in {p.name for p in figures}
+    assert (tmp_path / "out" / "mini_seeds.png").stat().st_size > 1000
 
 
 def test_figure_pools_each_headline_metric_without_its_source_reference():
