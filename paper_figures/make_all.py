@@ -85,7 +85,8 @@ def fig_mini_grids(runs_dir: Path, out: Path, seed: int = 0) -> Path | None:
 def fig_seed_verdicts(seed_scores: pd.DataFrame, out: Path) -> Path | None:
     """One panel per thresholded NADA bar: every seed's score per (shift, method), the bar as a dashed line, so how
     much of a pass or a miss rests on the seed can be seen (results/sweeps/mini-seeds.csv)."""
-    from metrics.miniworld import NADA_BARS
+    from metrics.miniworld import NADA_BARS, mini_shift
+    from replication.config import load_shift
 
     df = seed_scores[seed_scores.world == "mini"].copy()
     df["prefix"] = df.metric.str.replace(r"_n\d+$", "", regex=True)
@@ -93,11 +94,13 @@ def fig_seed_verdicts(seed_scores: pd.DataFrame, out: Path) -> Path | None:
     if not bars:
         return None
     groups = sorted({(shift, method) for shift, method in zip(df["shift"], df.method)})
+    axis = {shift: mini_shift(load_shift(shift).task.source_text, load_shift(shift).task.target_text).axis
+            for shift, _ in groups}
     fig, axes = plt.subplots(1, len(bars), figsize=(3.0 * len(bars), 3.6), squeeze=False)
     for ax, bar in zip(axes[0], bars):
         for i, (shift, method) in enumerate(groups):
             vals = df[(df.prefix == bar.metric) & (df["shift"] == shift) & (df.method == method)].value.to_numpy()
-            if len(vals) == 0:
+            if len(vals) == 0 or axis[shift] not in bar.axes:  # e.g. no edge bar on a character shift
                 continue
             passed = vals >= bar.lowest
             ax.scatter([i] * len(vals), vals, s=14, c=["C2" if p else "C3" for p in passed], alpha=0.8)
