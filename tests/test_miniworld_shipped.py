@@ -130,19 +130,26 @@ def test_the_guidance_scores_a_zombie_with_the_wrong_skin_below_the_true_one():
     assert cos["true"] > 0.9 and cos["darker"] < cos["true"] - 0.005, cos
 
 
-def test_feature_spread_sees_a_collapse_that_pixel_spread_misses():
-    """A run that draws one image at a few pixels' jitter passes the pixel-spread bar; the evaluator-feature spread,
-    scaled by the true renders', does not let it (the global loss's collapsed runs scored 0.47-0.60 in pixels)."""
-    from metrics.miniworld import mini_shift, sample, score_shift
+def _sketch_truth(seed: int, n: int = 64):
+    """The shipped generator's images of n latents, their true photo -> sketch targets and what scores them."""
+    from metrics.miniworld import mini_shift, sample
     from replication.miniworld.render import render
     from replication.miniworld.train_generator import latent_to_attributes
 
     torch.set_num_threads(1)
     G_src, _ = load_generator(resolve_generator_path("mini-stylegan2"))
-    evaluator, kind = load_evaluator(), mini_shift("photo", "sketch")
-    z = torch.randn(64, G_src.style_dim, generator=torch.Generator().manual_seed(4))
+    z = torch.randn(n, G_src.style_dim, generator=torch.Generator().manual_seed(seed))
     attrs = latent_to_attributes(z)
-    x_src, x_true = sample(G_src, z), render(attrs, "sketch", "human")
+    return (G_src, load_evaluator(), mini_shift("photo", "sketch"), z, attrs, sample(G_src, z),
+            render(attrs, "sketch", "human"))
+
+
+def test_feature_spread_sees_a_collapse_that_pixel_spread_misses():
+    """A run that draws one image at a few pixels' jitter passes the pixel-spread bar; the evaluator-feature spread,
+    scaled by the true renders', does not let it (the global loss's collapsed runs scored 0.47-0.60 in pixels)."""
+    from metrics.miniworld import score_shift
+
+    G_src, evaluator, kind, z, attrs, x_src, x_true = _sketch_truth(seed=4)
 
     def spreads(x_tgt):
         scores = score_shift(G_src, None, evaluator, kind, z, true_attrs=attrs, images=(x_src, x_tgt))
@@ -159,17 +166,10 @@ def test_a_sketch_in_the_source_colours_is_scored_colourful_and_the_truth_sets_t
     """Both mini CLIPs credit a sketch drawn in the photo's colours like the true grey one, so the colours an
     adaptation keeps are scored apart (chroma); and the true renders' own attribute R^2 ratio is reported as the
     ceiling of a shift's attr_r2_ratio."""
-    from metrics.miniworld import mini_shift, sample, score_shift
-    from replication.miniworld.render import render
+    from metrics.miniworld import score_shift
     from replication.miniworld.train_clip import in_source_colours
-    from replication.miniworld.train_generator import latent_to_attributes
 
-    torch.set_num_threads(1)
-    G_src, _ = load_generator(resolve_generator_path("mini-stylegan2"))
-    evaluator, kind = load_evaluator(), mini_shift("photo", "sketch")
-    z = torch.randn(64, G_src.style_dim, generator=torch.Generator().manual_seed(6))
-    attrs = latent_to_attributes(z)
-    x_src, x_true = sample(G_src, z), render(attrs, "sketch", "human")
+    G_src, evaluator, kind, z, attrs, x_src, x_true = _sketch_truth(seed=6)
     true = score_shift(G_src, None, evaluator, kind, z, true_attrs=attrs, images=(x_src, x_true))
     assert true["chroma_true"] < 1e-6 and true["chroma"] == true["chroma_true"] and true["chroma_src"] > 0.05, true
     assert true["attr_r2_ratio"] == true["attr_r2_ratio_true"] < 1.0
