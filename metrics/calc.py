@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -12,6 +13,11 @@ from replication.runio import atomic_write_text
 EVAL_CLIP_MINI = "mini-clip-b"  # the evaluation CLIP differs from the training one (mini-clip-a)
 MINI_SCORERS = ("mini-evaluator", EVAL_CLIP_MINI)  # the models a mini run's scores depend on, besides the run itself
 
+
+
+def metric_prefix(metric: str) -> str:
+    """A stored metric's name without its sample-count suffix: "mini_target_accuracy_n500" -> "mini_target_accuracy"."""
+    return re.sub(r"_n\d+$", "", metric)
 
 def scorer_sha256() -> dict[str, str]:
     """sha256 of every registry model that scores mini runs; stored in each metrics row so stale scores are found."""

@@ -81,6 +81,14 @@ def bars_for(axis: str) -> tuple[Bar, ...]:
     return tuple(bar for bar in NADA_BARS if axis in bar.axes)
 
 
+def bars_for_shift(shift_name: str) -> tuple[Bar, ...]:
+    """The NADA bars of a mini shift file (e.g. "mini--sketch": the style bars)."""
+    from replication.config import load_shift
+
+    task = load_shift(shift_name).task
+    return bars_for(mini_shift(task.source_text, task.target_text).axis)
+
+
 def edge_map(x: torch.Tensor) -> torch.Tensor:
     """Sobel gradient magnitude of the luminance, [N, H, W]."""
     grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)

@@ -4,7 +4,6 @@ Example: python -m paper_figures.make_all
 """
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from metrics.calc import metric_prefix  # noqa: E402
 from metrics.stats import bootstrap_ci  # noqa: E402
 from replication.runio import REPO_ROOT  # noqa: E402
 
@@ -25,7 +25,7 @@ HEADLINE = ("target_accuracy", "kept_label_accuracy", "attr_r2_ratio", "edge_cor
 def _base(metric: str) -> str:
     """Headline name of a stored metric ("mini_paired_l1_n500" -> "paired_l1"); "" for others, including the
     *_src references (the unadapted generator's score beside a metric, which must not be pooled with it)."""
-    core = re.sub(r"_n\d+$", "", metric).removeprefix("mini_")
+    core = metric_prefix(metric).removeprefix("mini_")
     if core.endswith("_src"):
         return ""
     for name in HEADLINE:
@@ -85,22 +85,20 @@ def fig_mini_grids(runs_dir: Path, out: Path, seed: int = 0) -> Path | None:
 def fig_seed_verdicts(seed_scores: pd.DataFrame, out: Path) -> Path | None:
     """One panel per thresholded NADA bar: every seed's score per (shift, method), the bar as a dashed line, so how
     much of a pass or a miss rests on the seed can be seen (results/sweeps/mini-seeds.csv)."""
-    from metrics.miniworld import NADA_BARS, mini_shift
-    from replication.config import load_shift
+    from metrics.miniworld import NADA_BARS, bars_for_shift
 
     df = seed_scores[seed_scores.world == "mini"].copy()
-    df["prefix"] = df.metric.str.replace(r"_n\d+$", "", regex=True)
+    df["prefix"] = df.metric.map(metric_prefix)
     bars = [bar for bar in NADA_BARS if bar.lowest is not None and bar.metric in set(df.prefix)]
     if not bars:
         return None
     groups = sorted({(shift, method) for shift, method in zip(df["shift"], df.method)})
-    axis = {shift: mini_shift(load_shift(shift).task.source_text, load_shift(shift).task.target_text).axis
-            for shift, _ in groups}
+    applicable = {shift: bars_for_shift(shift) for shift, _ in groups}
     fig, axes = plt.subplots(1, len(bars), figsize=(3.0 * len(bars), 3.6), squeeze=False)
     for ax, bar in zip(axes[0], bars):
         for i, (shift, method) in enumerate(groups):
             vals = df[(df.prefix == bar.metric) & (df["shift"] == shift) & (df.method == method)].value.to_numpy()
-            if len(vals) == 0 or axis[shift] not in bar.axes:  # e.g. no edge bar on a character shift
+            if len(vals) == 0 or bar not in applicable[shift]:  # e.g. no edge bar on a character shift
                 continue
             passed = vals >= bar.lowest
             ax.scatter([i] * len(vals), vals, s=14, c=["C2" if p else "C3" for p in passed], alpha=0.8)

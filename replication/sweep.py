@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from metrics.calc import metric_prefix
 from replication.config import ConfigError, load_shift
 from replication.runio import REPO_ROOT, atomic_write_text, is_done
 
@@ -134,7 +135,7 @@ def _run_scores(run_dir: Path) -> dict[str, float] | None:
     if not (is_done(run_dir) and (run_dir / "metrics.jsonl").is_file()):
         return None
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    return {re.sub(r"_n\d+$", "", row["metric"]): float(row["value"]) for row in rows}
+    return {metric_prefix(row["metric"]): float(row["value"]) for row in rows}
 
 
 def _finished_runs(sweep: Sweep, outdir: Path):
@@ -166,7 +167,7 @@ def table_markdown(sweep: Sweep, outdir: Path) -> str:
 def summary_markdown(sweep: Sweep, outdir: Path) -> str:
     """Per (shift, variant) with two or more finished seeds: each bar's score as mean +- sd over seeds and, in
     brackets, how many seeds pass it; the last column counts the seeds that pass every bar of the shift."""
-    from metrics.miniworld import NADA_BARS, mini_shift
+    from metrics.miniworld import NADA_BARS, bars_for_shift
 
     groups: dict[tuple[str, str], list[dict[str, float]]] = {}
     for shift_name, variant, _, _, scores in _finished_runs(sweep, outdir):
@@ -178,12 +179,11 @@ def summary_markdown(sweep: Sweep, outdir: Path) -> str:
     lines = ["Over seeds: mean +- sd (seeds passing the bar); blank where the bar is not the shift's.\n",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (shift_name, variant_name), runs in groups.items():
-        task = load_shift(shift_name).task
-        axis = mini_shift(task.source_text, task.target_text).axis
+        applicable = bars_for_shift(shift_name)
         cells, every = [], [True] * len(runs)
         for bar in NADA_BARS:
             verdicts = [bar.passes(scores) for scores in runs]
-            if axis not in bar.axes or any(v is None for v in verdicts):
+            if bar not in applicable or any(v is None for v in verdicts):
                 cells.append("")
                 continue
             values = torch.tensor([scores[bar.metric] for scores in runs], dtype=torch.float64)
