@@ -164,6 +164,18 @@ def table_markdown(sweep: Sweep, outdir: Path) -> str:
     return "\n".join(lines) + "\n" + (f"\n{summary}" if summary else "")
 
 
+def _weakest_attribute(runs: list[dict[str, float]]) -> str:
+    """The attribute whose R^2 (G_tgt against the truth) is lowest on average over the runs, e.g. "eye_size -0.74"."""
+    prefix = "mini_attr_r2_tgt_"
+    names = {k[len(prefix):] for scores in runs for k in scores if k.startswith(prefix)}
+    means = {name: sum(scores[prefix + name] for scores in runs) / len(runs) for name in names
+             if all(prefix + name in scores for scores in runs)}
+    if not means:
+        return ""
+    name = min(means, key=means.get)
+    return f"{name} {means[name]:.2f}"
+
+
 def summary_markdown(sweep: Sweep, outdir: Path) -> str:
     """Per (shift, variant) with two or more finished seeds: each bar's score as mean +- sd over seeds and, in
     brackets, how many seeds pass it; the last column counts the seeds that pass every bar of the shift."""
@@ -175,7 +187,8 @@ def summary_markdown(sweep: Sweep, outdir: Path) -> str:
     groups = {key: runs for key, runs in groups.items() if len(runs) >= 2}
     if not groups:
         return ""
-    header = ["shift", "variant", "seeds", *[bar.name for bar in NADA_BARS], "seeds passing every bar"]
+    header = ["shift", "variant", "seeds", *[bar.name for bar in NADA_BARS], "weakest attribute (mean R^2)",
+              "seeds passing every bar"]
     lines = ["Over seeds: mean +- sd (seeds passing the bar); blank where the bar is not the shift's.\n",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (shift_name, variant_name), runs in groups.items():
@@ -189,7 +202,7 @@ def summary_markdown(sweep: Sweep, outdir: Path) -> str:
             values = torch.tensor([scores[bar.metric] for scores in runs], dtype=torch.float64)
             cells.append(f"{values.mean():.2f} +- {values.std():.2f} ({sum(verdicts)}/{len(runs)})")
             every = [e and v for e, v in zip(every, verdicts)]
-        lines.append("| " + " | ".join([shift_name, variant_name, str(len(runs)), *cells,
+        lines.append("| " + " | ".join([shift_name, variant_name, str(len(runs)), *cells, _weakest_attribute(runs),
                                         f"{sum(every)}/{len(runs)}"]) + " |")
     return "\n".join(lines) + "\n"
 

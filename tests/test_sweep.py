@@ -102,7 +102,7 @@ def test_the_table_counts_over_seeds_the_runs_that_pass_each_bar(tmp_path):
     from replication.sweep import Sweep, Variant, table_markdown
 
     good = dict(mini_kept_label_accuracy=1.0, mini_attr_r2_ratio=0.8, mini_pixel_spread_ratio=1.0,
-                mini_edge_corr_true=0.1)
+                mini_edge_corr_true=0.1, mini_attr_r2_tgt_smile=0.9, mini_attr_r2_tgt_eye_size=-0.5)
     _fake_run(tmp_path, 0, mini_target_accuracy=0.9, **good)
     _fake_run(tmp_path, 1, mini_target_accuracy=0.7, **good)
     sweep = Sweep("fake", ("mini--zombie",), (0, 1, 2), 500, (Variant("v", {}, "nada"),))
@@ -111,3 +111,4 @@ def test_the_table_counts_over_seeds_the_runs_that_pass_each_bar(tmp_path):
     summary = lines[-1].split(" | ")
     assert summary[2] == "2" and summary[3] == "0.80 +- 0.14 (1/2)" and summary[4] == "1.00 +- 0.00 (2/2)"
     assert summary[6] == "" and summary[-1] == "1/2 |"
+    assert summary[-2] == "eye_size -0.50"  # the attribute the adaptation loses most, averaged over seeds
