@@ -6,9 +6,9 @@ from typing import Callable
 from replication.config import ConfigError, ShiftConfig
 
 from baselines.nada_variants import nada_freeze, nada_global, nada_nofreeze
+from baselines.oracle import CLIP_ORACLE_NAME, clip_oracle_adapt, oracle_config
 from baselines.oracle import METHOD_NAME as ORACLE_NAME
 from baselines.oracle import adapt as oracle_adapt
-from baselines.oracle import oracle_config
 from baselines.source import adapt as source_adapt
 from replication.nada import adapt as nada_adapt
 
@@ -19,10 +19,12 @@ METHODS: dict[str, Callable] = {
     "nada-freeze": nada_freeze,
     "source": source_adapt,  # the unadapted generator: the floor every method is compared with
     ORACLE_NAME: oracle_adapt,  # mini world only: trained on the true targets, the ceiling of the same budget
+    CLIP_ORACLE_NAME: clip_oracle_adapt,  # mini world only: per-latent true CLIP directions, the ceiling of CLIP guidance
 }
 
 # Methods that cannot run on every shift: each check raises ConfigError naming why, before any weight is loaded
-_SHIFT_CHECKS: dict[str, Callable[[ShiftConfig], object]] = {ORACLE_NAME: oracle_config}
+_SHIFT_CHECKS: dict[str, Callable[[ShiftConfig], object]] = {
+    ORACLE_NAME: oracle_config, CLIP_ORACLE_NAME: lambda shift: oracle_config(shift, CLIP_ORACLE_NAME)}
 
 
 def check_method(method: str, shift: ShiftConfig) -> None:

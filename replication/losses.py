@@ -106,7 +106,8 @@ def directional_loss(feat_src: torch.Tensor, feat_tgt: torch.Tensor, direction: 
                      reduction: str = "mean") -> torch.Tensor:
     """NADA's directional CLIP loss mean_b(1 - cos(normalize(f_tgt - f_src)_b, direction)).
 
-    feat_src, feat_tgt: unit image features [B, D]; direction: unit text (or image) direction [1, D].
+    feat_src, feat_tgt: unit image features [B, D]; direction: unit text (or image) direction [1, D], or one per
+    sample [B, D] (the mini world's CLIP oracle).
     eps_mode "faithful": the original, including its guard: if the whole difference sums to exactly 0 and
     ``recompute_target`` is given, the target features are recomputed (NADA passes the image + 1e-6).
     eps_mode "fixed": the edit is normalised by max(||e||, tau) (see ``_unit_edit``): finite, bounded gradient when

@@ -1,11 +1,12 @@
-"""The paired oracle: trained on the true target renders through NADA's loop, mini shifts only, sweepable."""
+"""The oracles: the paired one trained on the true target renders, the CLIP one on their CLIP directions, both through
+NADA's loop, mini shifts only, sweepable."""
 import json
 
 import pytest
 import torch
 
 from baselines import METHODS
-from baselines.oracle import METHOD_NAME, PairedTruthLoss, oracle_config
+from baselines.oracle import CLIP_ORACLE_NAME, METHOD_NAME, PairedClipDirectionLoss, PairedTruthLoss, oracle_config
 from replication.checkpoint import load_generator
 from replication.config import ConfigError, load_shift
 from replication.miniworld.render import render
@@ -44,15 +45,51 @@ def test_truth_loss_is_zero_at_the_truth_and_needs_the_latents():
     assert float(other) > 0.05
 
 
+def _clip_loss():
+    from replication.clip_models import load_clip
+
+    return PairedClipDirectionLoss([(load_clip("mini-clip-a"), 1.0)], ("photo", "human"), ("sketch", "human"))
+
+
+def test_clip_oracle_loss_is_zero_for_the_true_edit_and_needs_the_latents():
+    z = torch.randn(4, 64, generator=torch.Generator().manual_seed(3))
+    attrs = latent_to_attributes(z)
+    photo, sketch = render(attrs, "photo", "human"), render(attrs, "sketch", "human")
+    loss_fn = _clip_loss()
+    loss, stats = loss_fn(photo, sketch, z)
+    assert float(loss) < 1e-4 and set(stats) == {"truth_direction/0"}
+    # the same edit toward another domain, or toward the sketch of other faces, is not the truth's direction
+    assert float(loss_fn(photo, render(attrs, "photo", "zombie"), z)[0]) > 0.3
+    other = torch.randn(4, 64, generator=torch.Generator().manual_seed(4))
+    assert float(loss_fn(photo, sketch, other)[0]) > 0.05
+
+
+def test_short_clip_oracle_run_lowers_its_truth_direction_loss(tmp_path):
+    torch.set_num_threads(1)
+    shift = load_shift("mini--sketch", {"nada": {"iterations": 20, "output_interval": 1000, "save_interval": 0,
+                                                 "auto_layer_iters": 1}})
+    G_src, _ = load_generator(resolve_generator_path("mini-stylegan2"))
+    METHODS[CLIP_ORACLE_NAME](G_src, shift, 0, tmp_path, progress=False)
+    stats = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
+    # measured 1.0 at the first step (G_tgt = G_src) and 0.73 at the 20th
+    assert stats[0]["truth_direction/0"] > 0.99 and stats[-1]["truth_direction/0"] < 0.9
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["method"] == CLIP_ORACLE_NAME and config["nada"]["auto_layer_iters"] == 0
+    assert config["nada"]["clip_models"] == ["mini-clip-a"]
+
+
 def test_oracle_switches_off_mixing_and_clip_layer_selection():
     shift = load_shift("mini--zombie", {"nada": {"mixing": 0.9, "auto_layer_iters": 1}})
     fixed = oracle_config(shift)
     assert fixed.nada.mixing == 0.0 and fixed.nada.auto_layer_iters == 0 and fixed.nada.lr == shift.nada.lr
 
 
-def test_oracle_refuses_a_paper_shift_in_one_line():
-    with pytest.raises(ConfigError, match="mini world's renderer"):
-        oracle_config(load_shift("ffhq--sketch"))
+@pytest.mark.parametrize("method", [METHOD_NAME, CLIP_ORACLE_NAME])
+def test_oracles_refuse_a_paper_shift_in_one_line(method):
+    from baselines import check_method
+
+    with pytest.raises(ConfigError, match=f"^{method} needs the mini world's renderer"):
+        check_method(method, load_shift("ffhq--sketch"))
 
 
 def test_replicate_trains_the_oracle_by_default_on_the_mini_world_only():
