@@ -17,8 +17,9 @@ from replication.config import ConfigError, available_shifts, load_shift
 from replication.runio import REPO_ROOT, is_done
 
 DEFAULT_METHODS = ("source", "nada", "nada-global", "nada-freeze")
-# The mini world also trains the paired oracle (baselines/oracle.py): NADA's budget spent on the true targets
-MINI_EXTRA_METHODS = ("paired-oracle",)
+# The mini world also trains the two oracles (baselines/oracle.py): NADA's budget spent on the true targets (the
+# generator's ceiling) and on each latent's true CLIP direction (the ceiling of CLIP-direction guidance)
+MINI_EXTRA_METHODS = ("paired-oracle", "clip-oracle")
 DEFAULT_SEEDS = (0,)  # SEEDS="0 1 2" for confidence intervals over seeds
 
 

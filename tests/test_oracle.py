@@ -92,11 +92,12 @@ def test_oracles_refuse_a_paper_shift_in_one_line(method):
         check_method(method, load_shift("ffhq--sketch"))
 
 
-def test_replicate_trains_the_oracle_by_default_on_the_mini_world_only():
+def test_replicate_trains_the_oracles_by_default_on_the_mini_world_only():
     from replication.replicate import methods_for
 
-    assert METHOD_NAME in methods_for("mini", None) and "nada" in methods_for("mini", None)
-    assert METHOD_NAME not in methods_for("paper", None) and "nada" in methods_for("paper", [])
+    assert {METHOD_NAME, CLIP_ORACLE_NAME, "nada"} <= set(methods_for("mini", None))
+    assert not {METHOD_NAME, CLIP_ORACLE_NAME} & set(methods_for("paper", None))
+    assert "nada" in methods_for("paper", [])
     assert methods_for("mini", ["nada"]) == ["nada"]
 
 
