@@ -20,7 +20,7 @@ SHIFTS_DIR = REPO_ROOT / "replication" / "shifts"
 N = "_n500"  # every mini shift is scored on eval seeds [0, 500)
 
 MAIN_SHIFTS = ("mini--sketch", "mini--zombie")
-MAIN_METHODS = ("nada", "nada-freeze", "nada-global", "paired-oracle")
+MAIN_METHODS = ("nada", "nada-freeze", "nada-global", "paired-oracle", "clip-oracle")
 OTHER_SHIFTS = ("mini--pixel-art", "mini--comic", "mini--neon", "mini--watercolor", "mini--clown", "mini--elf",
                 "mini--werewolf")
 
@@ -31,7 +31,7 @@ MAIN_HEADER = ("| shift, method | evaluator reads target (>= 0.8) | keeps other 
 OTHER_HEADER = ("| shift | nada: target | kept label | attribute R^2 ratio | edge corr. with true target (source as is) "
                 "| spread: pixels, features | CLIP A clip_dir (truth) | nada-freeze: target, R^2 ratio, edge corr. | "
                 "nada-global: target, "
-                "R^2 ratio | oracle: target, R^2 ratio, edge corr. |")
+                "R^2 ratio | oracle: target, R^2 ratio, edge corr. | clip-oracle: target, R^2 ratio, edge corr. |")
 
 
 class TableError(ValueError):
@@ -98,7 +98,7 @@ def main_table(cells: Cells) -> list[str]:
 
 
 def other_table(cells: Cells) -> list[str]:
-    lines = [OTHER_HEADER, "|---" * 10 + "|"]
+    lines = [OTHER_HEADER, "|---" * 11 + "|"]
     for shift in OTHER_SHIFTS:
         row = [shift_label(shift), cells(shift, "nada", "mini_target_accuracy"),
                cells(shift, "nada", "mini_kept_label_accuracy"), cells(shift, "nada", "mini_attr_r2_ratio"),
@@ -108,8 +108,9 @@ def other_table(cells: Cells) -> list[str]:
                ", ".join(cells(shift, "nada-freeze", m) for m in ("mini_target_accuracy", "mini_attr_r2_ratio",
                                                                    "mini_edge_corr_true")),
                ", ".join(cells(shift, "nada-global", m) for m in ("mini_target_accuracy", "mini_attr_r2_ratio")),
-               ", ".join(cells(shift, "paired-oracle", m) for m in ("mini_target_accuracy", "mini_attr_r2_ratio",
-                                                                     "mini_edge_corr_true"))]
+               *(", ".join(cells(shift, oracle, m) for m in ("mini_target_accuracy", "mini_attr_r2_ratio",
+                                                              "mini_edge_corr_true"))
+                 for oracle in ("paired-oracle", "clip-oracle"))]
         lines.append("| " + " | ".join(row) + " |")
     return lines
 

@@ -2,10 +2,13 @@
 
     python -m replication.miniworld.sketch_world_nada clip --period none --out artifacts/mini_clip/clip_b_wash.pt
     python -m replication.miniworld.sketch_world_nada nada --period none --clip artifacts/mini_clip/clip_b_wash.pt
+    python -m replication.miniworld.sketch_world_nada nada --period none --clip ... --method clip-oracle
 
 `clip` continues the shipped CLIP B with its last recipe stage (clip_b_smiling's settings and steps) on renders whose
 sketch is redrawn, and measures it there; `nada` runs NADA photo -> sketch guided by such a CLIP and scores it against
-the redrawn sketches (results/mini_world/candidates/sketch_world_nada_<period>.json). A probe of a change of the
+the redrawn sketches (results/mini_world/candidates/sketch_world_nada_<period>.json), or, with `--method
+clip-oracle`, NADA's loop following each latent's CLIP direction between its redrawn true renders
+(sketch_world_clip-oracle_<period>.json): the ceiling of that CLIP's guidance there. A probe of a change of the
 world, never the shipped world: the registry's models are untouched.
 """
 from __future__ import annotations
@@ -53,13 +56,15 @@ def train_clip_stage(period: float | None, out: Path, progress: bool = True) -> 
 
 
 def nada_runs(period: float | None, clip_path: Path, seeds: Sequence[int], n_eval: int, progress: bool = True,
-              iterations: int | None = None) -> list:
-    """NADA photo -> sketch (the shift's settings, or `iterations` steps) guided by clip_path, scored against the
-    redrawn sketches."""
+              iterations: int | None = None, method: str = "nada") -> list:
+    """NADA photo -> sketch, or another method of baselines.METHODS (the shift's settings, or `iterations` steps),
+    guided by clip_path, scored against the redrawn sketches."""
+    from baselines import METHODS
     from metrics.calc import score_mini_run
     from replication.config import load_shift
-    from replication.nada import adapt, load_source
+    from replication.nada import load_source
 
+    adapt = METHODS[method]
     overrides = {"clip_models": [str(clip_path)], "output_interval": 10 ** 9, "save_interval": 0}
     if iterations is not None:
         overrides["iterations"] = iterations
@@ -87,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     nada_p.add_argument("--clip", type=Path, required=True)
     nada_p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     nada_p.add_argument("--n-eval", type=int, default=500)
+    nada_p.add_argument("--method", choices=("nada", "clip-oracle"), default="nada",
+                        help="clip-oracle: each latent's true CLIP direction instead of the text one")
     for p in (clip_p, nada_p):
         p.add_argument("--period", default="none", help="hatching period in pixels, or 'none' (an even wash)")
         p.add_argument("--threads", type=int, default=1)
@@ -109,8 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = CANDIDATES / f"sketch_world_clip_b_{_tag(period)}.json"
     else:
         record.update(clip=str(args.clip), clip_sha256=file_sha256(args.clip),
-                      runs=nada_runs(period, args.clip, args.seeds, args.n_eval, progress=not args.no_progress))
-        out = CANDIDATES / f"sketch_world_nada_{_tag(period)}.json"
+                      method=args.method, runs=nada_runs(period, args.clip, args.seeds, args.n_eval,
+                                                         progress=not args.no_progress, method=args.method))
+        out = CANDIDATES / f"sketch_world_{args.method}_{_tag(period)}.json"
     write_json(out, record)
     print(f"wrote {out}")
     return 0
