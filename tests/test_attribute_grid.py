@@ -38,3 +38,25 @@ def test_grid_rows_are_the_generators_and_the_truth_ordered_by_the_attribute(tmp
     assert "not a finished run" in capsys.readouterr().err
     assert main([str(run_dir), "--attribute", "smile", "--columns", "4", "--out", str(out)]) == 0
     assert out.stat().st_size > 1000
+
+
+def test_several_runs_of_one_shift_get_a_row_each_and_other_shifts_are_refused(tmp_path, capsys):
+    torch.set_num_threads(1)
+    sweep = tmp_path / "tiny.toml"
+    sweep.write_text('seeds = [0]\nn_eval = 8\nshifts = ["mini--zombie", "mini--sketch"]\n'
+                     '[[variant]]\nname = "a"\nnada = { iterations = 2, output_interval = 1000, save_interval = 0 }\n'
+                     '[[variant]]\nname = "b"\nnada = { iterations = 3, output_interval = 1000, save_interval = 0 }\n')
+    assert sweep_main([str(sweep), "--outdir", str(tmp_path / "out"), "--no-progress"]) == 0
+    runs = tmp_path / "out" / "tiny" / "mini"
+    zombie_a, zombie_b = runs / "mini--zombie" / "a" / "seed0", runs / "mini--zombie" / "b" / "seed0"
+    grid = attribute_grid([zombie_a, zombie_b], "smile", columns=4, pool=16, seed=3)
+    single = attribute_grid(zombie_a, "smile", columns=4, pool=16, seed=3)
+    assert grid.shape == (20, 3, 64, 64)
+    # rows: G_src, run a, run b, then the truths; one more step moves run b's row off run a's
+    assert torch.equal(grid[:8], single[:8]) and torch.equal(grid[12:], single[8:])
+    assert not torch.equal(grid[8:12], grid[4:8])
+    with pytest.raises(AttributeGridError, match="different shifts"):
+        attribute_grid([zombie_a, runs / "mini--sketch" / "a" / "seed0"], "smile", columns=4, pool=16)
+    out = tmp_path / "two.png"
+    assert main([str(zombie_a), str(zombie_b), "--attribute", "smile", "--columns", "4", "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000
