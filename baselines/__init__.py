@@ -19,7 +19,7 @@ METHODS: dict[str, Callable] = {
     "nada-freeze": nada_freeze,
     "source": source_adapt,  # the unadapted generator: the floor every method is compared with
     ORACLE_NAME: oracle_adapt,  # mini world only: trained on the true targets, the ceiling of the same budget
-    CLIP_ORACLE_NAME: clip_oracle_adapt,  # mini world only: per-latent true CLIP directions, the ceiling of CLIP guidance
+    CLIP_ORACLE_NAME: clip_oracle_adapt,  # mini world only: each latent's true CLIP direction, CLIP guidance's ceiling
 }
 
 # Methods that cannot run on every shift: each check raises ConfigError naming why, before any weight is loaded
