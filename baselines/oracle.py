@@ -76,8 +76,10 @@ class PairedClipDirectionLoss:
         for index, ((encoder, weight), direction) in enumerate(zip(self.encoders, self.directions(z))):
             with torch.no_grad():
                 feat_src = encoder.image_features(x_src)
+            # NADA's faithful guard for an exactly zero edit, as in ClipGuidance (the fixed mode needs none)
+            recompute = (lambda enc=encoder: enc.image_features(x_tgt + 1e-6)) if self.mode == "faithful" else None
             loss = directional_loss(feat_src, encoder.image_features(x_tgt), direction.to(x_tgt.device),
-                                    eps_mode=self.mode, tau=self.tau)
+                                    eps_mode=self.mode, tau=self.tau, recompute_target=recompute)
             total = total + weight * loss
             stats[f"truth_direction/{index}"] = loss.detach()
         return total, stats
@@ -99,16 +101,25 @@ def oracle_config(shift: ShiftConfig, method: str = METHOD_NAME) -> ShiftConfig:
     return dataclasses.replace(shift, nada=dataclasses.replace(shift.nada, mixing=0.0, auto_layer_iters=0))
 
 
-def adapt(G_src: Generator, shift: ShiftConfig, seed: int, run_dir: Path, *, weights_sha256=None, progress=True,
-          stop_at: int | None = None, latent_avg: torch.Tensor | None = None, **_) -> Generator:
+def _train_oracle(method: str, make_loss, G_src: Generator, shift: ShiftConfig, seed: int, run_dir: Path,
+                  **run_kw) -> Generator:
+    """NADA's loop on `shift` (mini only, oracle_config applied) with the guidance make_loss(shift, mini kind) builds;
+    it is called with the batch's latents."""
     from metrics.miniworld import mini_shift
 
-    shift = oracle_config(shift)
-    kind = mini_shift(shift.task.source_text, shift.task.target_text)
-    loss = PairedTruthLoss(kind.target_style, kind.target_character, seed, device=next(G_src.parameters()).device)
+    shift = oracle_config(shift, method)
+    loss = make_loss(shift, mini_shift(shift.task.source_text, shift.task.target_text))
     ctx = StepContext(guidance=loss, select=None, cfg=shift.nada, guidance_takes_latents=True)
-    return run_nada(G_src, shift, ctx, seed, run_dir, weights_sha256=weights_sha256, progress=progress,
-                    stop_at=stop_at, latent_avg=latent_avg, method=METHOD_NAME)
+    return run_nada(G_src, shift, ctx, seed, run_dir, method=method, **run_kw)
+
+
+def adapt(G_src: Generator, shift: ShiftConfig, seed: int, run_dir: Path, *, weights_sha256=None, progress=True,
+          stop_at: int | None = None, latent_avg: torch.Tensor | None = None, **_) -> Generator:
+    device = next(G_src.parameters()).device
+    return _train_oracle(METHOD_NAME,
+                         lambda _, kind: PairedTruthLoss(kind.target_style, kind.target_character, seed, device=device),
+                         G_src, shift, seed, run_dir, weights_sha256=weights_sha256, progress=progress,
+                         stop_at=stop_at, latent_avg=latent_avg)
 
 
 def clip_oracle_adapt(G_src: Generator, shift: ShiftConfig, seed: int, run_dir: Path, *, encoders=None,
@@ -116,15 +127,13 @@ def clip_oracle_adapt(G_src: Generator, shift: ShiftConfig, seed: int, run_dir: 
                       latent_avg: torch.Tensor | None = None, **_) -> Generator:
     """The CLIP oracle: the shift's CLIP models, loss mode, lr, layers and budget, guided per latent by its truth
     direction (PairedClipDirectionLoss) instead of the text direction."""
-    from metrics.miniworld import SOURCE_CHARACTER, SOURCE_STYLE, mini_shift
+    from metrics.miniworld import SOURCE_CHARACTER, SOURCE_STYLE
     from replication.nada import load_encoders
 
-    shift = oracle_config(shift, CLIP_ORACLE_NAME)
-    kind = mini_shift(shift.task.source_text, shift.task.target_text)
-    if encoders is None:
-        encoders = load_encoders(shift.nada, next(G_src.parameters()).device)
-    loss = PairedClipDirectionLoss(encoders, (SOURCE_STYLE, SOURCE_CHARACTER),
-                                   (kind.target_style, kind.target_character), mode=shift.nada.mode)
-    ctx = StepContext(guidance=loss, select=None, cfg=shift.nada, guidance_takes_latents=True)
-    return run_nada(G_src, shift, ctx, seed, run_dir, weights_sha256=weights_sha256, progress=progress,
-                    stop_at=stop_at, latent_avg=latent_avg, method=CLIP_ORACLE_NAME)
+    def make_loss(shift: ShiftConfig, kind) -> PairedClipDirectionLoss:
+        models = encoders if encoders is not None else load_encoders(shift.nada, next(G_src.parameters()).device)
+        return PairedClipDirectionLoss(models, (SOURCE_STYLE, SOURCE_CHARACTER),
+                                       (kind.target_style, kind.target_character), mode=shift.nada.mode)
+
+    return _train_oracle(CLIP_ORACLE_NAME, make_loss, G_src, shift, seed, run_dir, weights_sha256=weights_sha256,
+                         progress=progress, stop_at=stop_at, latent_avg=latent_avg)

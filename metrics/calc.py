@@ -14,10 +14,10 @@ EVAL_CLIP_MINI = "mini-clip-b"  # the evaluation CLIP differs from the training 
 MINI_SCORERS = ("mini-evaluator", EVAL_CLIP_MINI)  # the models a mini run's scores depend on, besides the run itself
 
 
-
 def metric_prefix(metric: str) -> str:
     """A stored metric's name without its sample-count suffix: "mini_target_accuracy_n500" -> "mini_target_accuracy"."""
     return re.sub(r"_n\d+$", "", metric)
+
 
 def scorer_sha256() -> dict[str, str]:
     """sha256 of every registry model that scores mini runs; stored in each metrics row so stale scores are found."""

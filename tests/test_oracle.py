@@ -64,6 +64,17 @@ def test_clip_oracle_loss_is_zero_for_the_true_edit_and_needs_the_latents():
     assert float(loss_fn(photo, sketch, other)[0]) > 0.05
 
 
+def test_clip_oracle_loss_is_finite_for_an_unmoved_generator_in_faithful_mode():
+    from replication.clip_models import load_clip
+
+    z = torch.randn(2, 64, generator=torch.Generator().manual_seed(5))
+    photo = render(latent_to_attributes(z), "photo", "human")
+    loss_fn = PairedClipDirectionLoss([(load_clip("mini-clip-a"), 1.0)], ("photo", "human"), ("sketch", "human"),
+                                      mode="faithful")
+    # NADA's guard: an exactly zero edit is re-encoded 1e-6 off, never divided by zero
+    assert torch.isfinite(loss_fn(photo, photo.clone(), z)[0])
+
+
 def test_short_clip_oracle_run_lowers_its_truth_direction_loss(tmp_path):
     torch.set_num_threads(1)
     shift = load_shift("mini--sketch", {"nada": {"iterations": 20, "output_interval": 1000, "save_interval": 0,
