@@ -62,7 +62,7 @@ crosscheck: env env-legacy
 		$(PY) -m pytest tests/test_legacy_crosscheck.py -rs -m legacy
 
 replicate: env
-	$(PY) -m replication.replicate --world $(WORLD) $(if $(SHIFTS),--shifts $(SHIFTS)) \
+	$(PY) -m replication.pipeline.replicate --world $(WORLD) $(if $(SHIFTS),--shifts $(SHIFTS)) \
 		$(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(RERUN_STALE),--rerun-stale) $(if $(RESCORE),--rescore)
 
 # Each CLIP trains in resumable stages (train_clip.SHIPPED_STAGES): stage k writes artifacts/mini_clip/<family>_stage<k>.pt
@@ -122,7 +122,7 @@ clean-env:
 	rm -rf $(VENV) $(LEGACY_VENV)
 
 bench: env
-	$(PY) -m replication.bench
+	$(PY) -m replication.pipeline.bench
 
 # About 6 min: times every stage of the four registry recipes from two short runs each (see the module docstring).
 bench-recipes: env

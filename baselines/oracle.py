@@ -23,8 +23,9 @@ class PairedTruthLoss:
                  device: torch.device | str = "cpu"):
         # imported here, not at the top: `import baselines` must not pull in lpips and the renderer
         from replication.miniworld.render import render
-        from replication.miniworld.train_generator import (LossWeights, distillation_loss, latent_to_attributes,
-                                                           make_perceptual_net)
+        from replication.miniworld.generator_losses import distillation_loss, make_perceptual_net
+        from replication.miniworld.generator_recipe import LossWeights
+        from replication.miniworld.truth import latent_to_attributes
 
         self._render, self._distill, self._attributes = render, distillation_loss, latent_to_attributes
         self.target_style, self.target_character = target_style, target_character
@@ -50,7 +51,7 @@ class PairedClipDirectionLoss:
                  tau: float | None = None):
         from replication.losses import DEFAULT_TAU
         from replication.miniworld.render import render
-        from replication.miniworld.train_generator import latent_to_attributes
+        from replication.miniworld.truth import latent_to_attributes
 
         self._render, self._attributes = render, latent_to_attributes
         self.encoders = [(encoder, float(weight)) for encoder, weight in encoders if weight > 0]
@@ -89,7 +90,7 @@ def oracle_config(shift: ShiftConfig, method: str = METHOD_NAME) -> ShiftConfig:
     """The shift with what an oracle cannot use switched off: style mixing (a mixed latent has no true render) and
     CLIP-driven layer selection (the oracle trains the shift's fixed set). A shift without a true target (paper world,
     or texts that are not mini domain names) is a ConfigError."""
-    from metrics.miniworld import ShiftKindError, mini_shift
+    from replication.miniworld.truth import ShiftKindError, mini_shift
 
     if shift.task.world != "mini":
         raise ConfigError(f"{method} needs the mini world's renderer for its true targets; {shift.task.name} is "
@@ -105,7 +106,7 @@ def _train_oracle(method: str, make_loss, G_src: Generator, shift: ShiftConfig, 
                   **run_kw) -> Generator:
     """NADA's loop on `shift` (mini only, oracle_config applied) with the guidance make_loss(shift, mini kind) builds;
     it is called with the batch's latents."""
-    from metrics.miniworld import mini_shift
+    from replication.miniworld.truth import mini_shift
 
     shift = oracle_config(shift, method)
     loss = make_loss(shift, mini_shift(shift.task.source_text, shift.task.target_text))
@@ -127,7 +128,7 @@ def clip_oracle_adapt(G_src: Generator, shift: ShiftConfig, seed: int, run_dir: 
                       latent_avg: torch.Tensor | None = None, **_) -> Generator:
     """The CLIP oracle: the shift's CLIP models, loss mode, lr, layers and budget, guided per latent by its truth
     direction (PairedClipDirectionLoss) instead of the text direction."""
-    from metrics.miniworld import SOURCE_CHARACTER, SOURCE_STYLE
+    from replication.miniworld.attributes import SOURCE_CHARACTER, SOURCE_STYLE
     from replication.nada import load_encoders
 
     def make_loss(shift: ShiftConfig, kind) -> PairedClipDirectionLoss:

@@ -5,49 +5,22 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from replication.miniworld.attributes import ATTRIBUTE_NAMES, CHARACTERS, STYLES
+from replication.miniworld.imagestats import chroma, edge_correlation, feature_spread
 from replication.miniworld.render import render
-from replication.miniworld.train_generator import attribute_r2
+from replication.miniworld.truth import MiniShift, attribute_r2, mini_shift
+from replication.sampling import sample_images
 
-SOURCE_STYLE, SOURCE_CHARACTER = "photo", "human"
-
-
-class ShiftKindError(ValueError):
-    """The shift's texts are not mini-world domain names."""
-
-
-@dataclass(frozen=True)
-class MiniShift:
-    """A mini-world domain shift in domain names: which axis changes, and the target domain."""
-
-    axis: str  # "style" or "character"
-    target: str  # target style or character name
-
-    @property
-    def target_style(self) -> str:
-        return self.target if self.axis == "style" else SOURCE_STYLE
-
-    @property
-    def target_character(self) -> str:
-        return self.target if self.axis == "character" else SOURCE_CHARACTER
-
-
-def mini_shift(source_text: str, target_text: str) -> MiniShift:
-    """Read a shift such as photo -> sketch or human -> zombie as an axis and a target domain."""
-    if source_text == SOURCE_STYLE and target_text in STYLES and target_text != SOURCE_STYLE:
-        return MiniShift("style", target_text)
-    if source_text == SOURCE_CHARACTER and target_text in CHARACTERS and target_text != SOURCE_CHARACTER:
-        return MiniShift("character", target_text)
-    raise ShiftKindError(f"mini-world shifts go from 'photo' to one of {STYLES[1:]} or from 'human' to one of "
-                         f"{CHARACTERS[1:]}; got {source_text!r} -> {target_text!r}")
+# The headline scores of a mini run (stored as mini_<name>_n<N>, or <name>_<clip>_n<N> for CLIP scores): what the
+# figures plot per shift and method.
+HEADLINE = ("target_accuracy", "kept_label_accuracy", "attr_r2_ratio", "edge_corr_true", "paired_l1",
+            "pixel_spread_ratio", "feature_spread_ratio", "fid_evaluator", "clip_dir")
 
 
 @dataclass(frozen=True)
 class Bar:
-    """One of issue 4's bars for NADA on a mini shift: a stored score (metric prefix, e.g. "mini_target_accuracy")
-    passes at `lowest` or above, or, with `below_reference`, when it is lower than that reference score."""
+    """One bar for NADA on a mini shift: a stored score (metric prefix, e.g. "mini_target_accuracy") passes at `lowest` or above, or, with `below_reference`, when it is lower than that reference score."""
 
     name: str
     metric: str
@@ -81,48 +54,9 @@ def bars_for(axis: str) -> tuple[Bar, ...]:
     return tuple(bar for bar in NADA_BARS if axis in bar.axes)
 
 
-def bars_for_shift(shift_name: str) -> tuple[Bar, ...]:
-    """The NADA bars of a mini shift file (e.g. "mini--sketch": the style bars)."""
-    from replication.config import load_shift
-
-    task = load_shift(shift_name).task
+def bars_for_shift(task) -> tuple[Bar, ...]:
+    """The NADA bars of a mini shift's task (photo -> sketch: the style bars)."""
     return bars_for(mini_shift(task.source_text, task.target_text).axis)
-
-
-def edge_map(x: torch.Tensor) -> torch.Tensor:
-    """Sobel gradient magnitude of the luminance, [N, H, W]."""
-    grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device).view(1, 1, 3, 3)
-    gx = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), kx)
-    gy = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), kx.transpose(2, 3))
-    return (gx.pow(2) + gy.pow(2)).sqrt().squeeze(1)
-
-
-def edge_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-sample Pearson correlation of the edge maps of two image batches."""
-    ea, eb = edge_map(a).flatten(1), edge_map(b).flatten(1)
-    ea, eb = ea - ea.mean(1, keepdim=True), eb - eb.mean(1, keepdim=True)
-    return (ea * eb).sum(1) / (ea.norm(dim=1) * eb.norm(dim=1)).clamp_min(1e-12)
-
-
-def chroma(x: torch.Tensor) -> float:
-    """Mean colourfulness of an image batch in [-1, 1]: per pixel, the largest minus the smallest channel, in [0, 1]."""
-    return ((x.amax(1) - x.amin(1)) / 2.0).mean().item()
-
-
-def feature_spread(features: torch.Tensor) -> float:
-    """Total standard deviation of a feature batch [N, D]: sqrt of the trace of its covariance."""
-    return (features - features.mean(0)).pow(2).sum(1).mean().sqrt().item()
-
-
-@torch.no_grad()
-def sample(G, z: torch.Tensor, batch: int = 100) -> torch.Tensor:
-    """Images of G for latents z at fixed noise and no truncation, in chunks."""
-    out = []
-    for i in range(0, z.shape[0], batch):
-        img, _ = G([z[i:i + batch]], noise_mode="const")
-        out.append(img.float().clamp(-1, 1).cpu())
-    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -135,7 +69,7 @@ def score_shift(G_src, G_tgt, evaluator, shift: MiniShift, z: torch.Tensor, *,
     (or of `true_attrs` when the generator's latent-to-attribute map is known). `images`: (G_src(z), G_tgt(z)) when
     the caller has drawn them already.
     """
-    x_src, x_tgt = images if images is not None else (sample(G_src, z), sample(G_tgt, z))
+    x_src, x_tgt = images if images is not None else (sample_images(G_src, z), sample_images(G_tgt, z))
     pred_src, pred_tgt = evaluator.predict(x_src), evaluator.predict(x_tgt)
     attrs_src = pred_src["attrs"].clamp(0, 1).cpu()
     truth_attrs = attrs_src if true_attrs is None else true_attrs.cpu()

@@ -28,11 +28,12 @@ def attribute_grid(run_dirs: Path | Sequence[Path], attribute: str, columns: int
     """[(3 + runs) * columns, 3, H, W] images in [-1, 1]: rows G_src, each run's G_tgt, true target, true source, over
     latents whose `attribute` spans its range evenly (picked from `pool` latents drawn with `seed`). Every run must be
     a finished mini-world run of one shift and generator."""
-    from metrics.miniworld import mini_shift, sample
+    from replication.miniworld.truth import mini_shift
+    from replication.sampling import sample_images
     from replication.checkpoint import load_generator
-    from replication.miniworld.attributes import ATTRIBUTE_INDEX
+    from replication.miniworld.attributes import ATTRIBUTE_INDEX, SOURCE_CHARACTER, SOURCE_STYLE
     from replication.miniworld.render import render
-    from replication.miniworld.train_generator import latent_to_attributes
+    from replication.miniworld.truth import latent_to_attributes
     from replication.nada import resolve_generator_path
     from replication.training_loop import FINAL_NAME
 
@@ -64,9 +65,10 @@ def attribute_grid(run_dirs: Path | Sequence[Path], attribute: str, columns: int
     picked = values.argsort()[torch.linspace(0, pool - 1, columns).round().long()]
     z = z[picked]
     attrs = latent_to_attributes(z)
-    adapted = [sample(load_generator(run_dir / "checkpoints" / FINAL_NAME)[0].eval(), z) for run_dir in run_dirs]
-    return torch.cat([sample(G_src, z), *adapted, render(attrs, kind.target_style, kind.target_character),
-                      render(attrs, "photo", "human")])
+    adapted = [sample_images(load_generator(run_dir / "checkpoints" / FINAL_NAME)[0].eval(), z)
+               for run_dir in run_dirs]
+    return torch.cat([sample_images(G_src, z), *adapted, render(attrs, kind.target_style, kind.target_character),
+                      render(attrs, SOURCE_STYLE, SOURCE_CHARACTER)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

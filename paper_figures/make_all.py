@@ -14,12 +14,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from metrics.calc import metric_prefix  # noqa: E402
+from metrics.miniworld import HEADLINE  # noqa: E402
+from metrics.scoring import metric_prefix  # noqa: E402
 from metrics.stats import bootstrap_ci  # noqa: E402
 from replication.runio import REPO_ROOT  # noqa: E402
 
-HEADLINE = ("target_accuracy", "kept_label_accuracy", "attr_r2_ratio", "edge_corr_true", "paired_l1",
-            "pixel_spread_ratio", "feature_spread_ratio", "fid_evaluator", "clip_dir")
 
 
 def _base(metric: str) -> str:
@@ -86,6 +85,7 @@ def fig_seed_verdicts(seed_scores: pd.DataFrame, out: Path) -> Path | None:
     """One panel per thresholded NADA bar: every seed's score per (shift, method), the bar as a dashed line, so how
     much of a pass or a miss rests on the seed can be seen (results/sweeps/mini-seeds.csv)."""
     from metrics.miniworld import NADA_BARS, bars_for_shift
+    from replication.config import load_shift
 
     df = seed_scores[seed_scores.world == "mini"].copy()
     df["prefix"] = df.metric.map(metric_prefix)
@@ -93,7 +93,7 @@ def fig_seed_verdicts(seed_scores: pd.DataFrame, out: Path) -> Path | None:
     if not bars:
         return None
     groups = sorted({(shift, method) for shift, method in zip(df["shift"], df.method)})
-    applicable = {shift: bars_for_shift(shift) for shift, _ in groups}
+    applicable = {shift: bars_for_shift(load_shift(shift).task) for shift, _ in groups}
     fig, axes = plt.subplots(1, len(bars), figsize=(3.0 * len(bars), 3.6), squeeze=False)
     for ax, bar in zip(axes[0], bars):
         for i, (shift, method) in enumerate(groups):

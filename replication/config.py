@@ -69,11 +69,10 @@ class NadaConfig:
 
 @dataclass(frozen=True)
 class ShiftConfig:
-    """One domain shift as read from its TOML file: the task, NADA's settings and the expected numbers."""
+    """One domain shift as read from its TOML file: the task and NADA's settings."""
 
     task: TaskConfig
     nada: NadaConfig = field(default_factory=NadaConfig)
-    expected: dict[str, Any] = field(default_factory=dict)
 
 
 def _coerce(cls: type, section: str, raw: dict[str, Any], source: str) -> Any:
@@ -125,12 +124,12 @@ def validate(cfg: ShiftConfig, source: str = "config") -> ShiftConfig:
 
 def parse_shift(data: dict[str, Any], name: str, source: str = "config") -> ShiftConfig:
     """Build a ShiftConfig from a parsed TOML dict; unknown sections or keys are ConfigErrors."""
-    unknown = sorted(set(data) - {"task", "nada", "expected"})
+    unknown = sorted(set(data) - {"task", "nada"})
     if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {unknown}; valid: ['task', 'nada', 'expected']")
+        raise ConfigError(f"{source}: unknown section(s) {unknown}; valid: ['task', 'nada']")
     task = _coerce(TaskConfig, "task", {"name": name, **data.get("task", {})}, source)
     nada = _coerce(NadaConfig, "nada", data.get("nada", {}), source)
-    return validate(ShiftConfig(task=task, nada=nada, expected=dict(data.get("expected", {}))), source)
+    return validate(ShiftConfig(task=task, nada=nada), source)
 
 
 def shift_path(shift: str) -> Path:

@@ -230,4 +230,6 @@ def run_nada(G_src: Generator, shift: ShiftConfig, ctx: StepContext, seed: int, 
     rows = stats.rows()
     mark_done(run_dir, {"steps": cfg.iterations, "final_loss": rows[-1]["loss"] if rows else math.nan,
                         "seconds": sum(r.get("seconds", 0.0) for r in rows)})
+    # A finished run resumes nothing: its final generator is kept, the resume state (optimizer moments too) is not.
+    (run_dir / "checkpoints" / RESUME_NAME).unlink(missing_ok=True)
     return G_tgt

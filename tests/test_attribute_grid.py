@@ -3,15 +3,15 @@ import pytest
 import torch
 
 from paper_figures.attribute_grid import AttributeGridError, attribute_grid, main
-from replication.sweep import main as sweep_main
+from replication.pipeline.sweep import main as sweep_main
 
 
 def test_grid_rows_are_the_generators_and_the_truth_ordered_by_the_attribute(tmp_path, capsys):
-    from metrics.miniworld import sample
+    from replication.sampling import sample_images
     from replication.checkpoint import load_generator
     from replication.miniworld.attributes import ATTRIBUTE_INDEX
     from replication.miniworld.render import render
-    from replication.miniworld.train_generator import latent_to_attributes
+    from replication.miniworld.truth import latent_to_attributes
     from replication.nada import resolve_generator_path
 
     torch.set_num_threads(1)
@@ -29,7 +29,7 @@ def test_grid_rows_are_the_generators_and_the_truth_ordered_by_the_attribute(tmp
     assert torch.equal(grid[8:12], render(attrs, "photo", "zombie")) and torch.equal(grid[12:], render(attrs, "photo",
                                                                                                       "human"))
     G_src, _ = load_generator(resolve_generator_path("mini-stylegan2"))
-    assert torch.equal(grid[:4], sample(G_src, z)) and not torch.equal(grid[4:8], grid[:4])
+    assert torch.equal(grid[:4], sample_images(G_src, z)) and not torch.equal(grid[4:8], grid[:4])
 
     with pytest.raises(AttributeGridError, match="unknown attribute"):
         attribute_grid(run_dir, "eyes")

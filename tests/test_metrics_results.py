@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from metrics.miniworld import MiniShift, ShiftKindError, edge_correlation, mini_shift
-from replication.miniworld.train_generator import attribute_r2
+from replication.miniworld.imagestats import edge_correlation
+from replication.miniworld.truth import MiniShift, ShiftKindError, mini_shift
+from replication.miniworld.truth import attribute_r2
 from metrics.stats import bootstrap_ci, probability_of_improvement
 from paper_figures.make_all import make_all
 from results.collect import COLUMNS, collect_rows, write_scores
@@ -25,7 +26,7 @@ def test_r2_and_edge_correlation():
     assert np.allclose(attribute_r2(truth, truth), 1.0)
     # the mean predicts nothing on the linear attributes; the two circular ones (wrapped residuals, where the
     # arithmetic mean is not the best constant) are covered by test_attribute_r2_wraps_circular_attributes
-    from replication.miniworld.train_generator import CIRCULAR_ATTRIBUTES
+    from replication.miniworld.truth import CIRCULAR_ATTRIBUTES
     from replication.miniworld.attributes import ATTRIBUTE_NAMES
 
     linear = [i for i, n in enumerate(ATTRIBUTE_NAMES) if n not in CIRCULAR_ATTRIBUTES]
@@ -92,7 +93,7 @@ def test_figure_pools_each_headline_metric_without_its_source_reference():
 
 def test_stale_scores_are_found_by_scorer_sha256(tmp_path):
     """A run scored by other evaluator / eval-CLIP weights is stale (make replicate warns, --rerun-stale redoes it)."""
-    from metrics.calc import MINI_SCORERS, scorer_sha256, scores_are_current, write_metrics
+    from replication.pipeline.scoring import MINI_SCORERS, scorer_sha256, scores_are_current, write_metrics
 
     current = scorer_sha256()
     assert set(current) == set(MINI_SCORERS) and all(len(v) == 64 for v in current.values())
@@ -108,10 +109,10 @@ def test_stale_scores_are_found_by_scorer_sha256(tmp_path):
 
 
 def test_a_mini_run_is_current_only_for_todays_generator_clip_and_scorers(tmp_path):
-    from metrics.calc import scorer_sha256, write_metrics
+    from replication.pipeline.scoring import scorer_sha256, write_metrics
     from replication.config import load_shift
     from replication.nada import run_weight_sha256
-    from replication.replicate import run_is_current
+    from replication.pipeline.replicate import run_is_current
 
     shift = load_shift("mini--sketch")
     trained_on = run_weight_sha256(shift)
@@ -130,17 +131,19 @@ def test_rescore_scores_a_finished_run_again_without_training(tmp_path):
     import torch
 
     from replication.config import load_shift
-    from replication.replicate import can_rescore, run_one
+    from replication.pipeline.replicate import can_rescore, run_one
+    from replication.pipeline.scoring import LazyMiniScorer
 
     torch.set_num_threads(1)
+    scorer = LazyMiniScorer()
     shift = load_shift("mini--sketch")
-    run_dir = run_one("mini--sketch", "source", 0, tmp_path, torch.device("cpu"), n_eval=8, progress=False)
+    run_dir = run_one("mini--sketch", "source", 0, tmp_path, torch.device("cpu"), n_eval=8, progress=False, scorer=scorer)
     metrics = run_dir / "metrics.jsonl"
     first = metrics.read_text()
     assert "truth_clip_dir_miniclipb_n8" in first and "train_truth_clip_dir_miniclipa_n8" in first
     metrics.write_text('{"metric": "old", "value": 0.0}\n')  # scored by an older metric set
-    run_one("mini--sketch", "source", 0, tmp_path, torch.device("cpu"), n_eval=8, progress=False)
+    run_one("mini--sketch", "source", 0, tmp_path, torch.device("cpu"), n_eval=8, progress=False, scorer=scorer)
     assert "old" in metrics.read_text()  # a finished run is kept as it is ...
     assert can_rescore(run_dir, shift, "source") and not can_rescore(run_dir, shift, "nada")  # nada: no G_tgt.pt
-    run_one("mini--sketch", "source", 0, tmp_path, torch.device("cpu"), n_eval=8, progress=False, rescore=True)
+    run_one("mini--sketch", "source", 0, tmp_path, torch.device("cpu"), n_eval=8, progress=False, scorer=scorer, rescore=True)
     assert metrics.read_text() == first  # ... unless asked to rescore, which reproduces the scores exactly

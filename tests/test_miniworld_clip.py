@@ -28,20 +28,12 @@ from replication.miniworld.data import (
     train_batch_seed,
 )
 from replication.miniworld.render import render
-from replication.miniworld import train_clip
-from replication.miniworld.train_clip import (
-    PRESETS,
-    ClipArchitecture,
-    ClipTrainConfig,
-    build_clip,
-    export_state_dict,
-    make_optimizer,
-    soft_contrastive_loss,
-    style_text_features,
-    tokenize,
-    train,
-    train_step,
-)
+from replication.miniworld import clip_losses, clip_measure, clip_recipe, clip_training, train_clip
+from replication.miniworld.clip_losses import soft_contrastive_loss
+from replication.miniworld.clip_measure import style_text_features
+from replication.miniworld.clip_recipe import PRESETS, ClipArchitecture, ClipTrainConfig, build_clip, tokenize
+from replication.miniworld.clip_training import export_state_dict, make_optimizer, train, train_step
+from replication.runio import REPO_ROOT, repo_path
 
 torch.set_num_threads(1)
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "replication" / "miniworld" / "weights"
@@ -180,7 +172,7 @@ def test_training_resumes_to_the_same_weights(tmp_path, monkeypatch, invariance)
                              direction_weight=invariance, direction_pairs=4)
     train(config, tmp_path / "straight", tmp_path / "straight.pt", progress=False)
 
-    real_step = train_clip.train_step
+    real_step = clip_training.train_step
     calls = {"n": 0}
 
     def crash_on_third(*args, **kwargs):
@@ -189,11 +181,11 @@ def test_training_resumes_to_the_same_weights(tmp_path, monkeypatch, invariance)
             raise KeyboardInterrupt  # a kill after two steps were checkpointed
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(train_clip, "train_step", crash_on_third)
+    monkeypatch.setattr(clip_training, "train_step", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "resumed", tmp_path / "resumed.pt", progress=False)
     assert not (tmp_path / "resumed.pt").exists()
-    monkeypatch.setattr(train_clip, "train_step", real_step)
+    monkeypatch.setattr(clip_training, "train_step", real_step)
     train(config, tmp_path / "resumed", tmp_path / "resumed.pt", progress=False)
     straight = torch.load(tmp_path / "straight.pt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
@@ -218,7 +210,7 @@ def test_anchored_stage_warm_starts_trains_the_attribute_head_and_exports_withou
     assert exported.keys() == start.keys()  # the training-only head is never shipped
     assert any(not torch.equal(start[k], exported[k]) for k in start)
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
-    assert state["model"]["attribute_head.weight"].shape == (len(train_clip.GEOMETRY_ATTRIBUTES), TINY.embed_dim)
+    assert state["model"]["attribute_head.weight"].shape == (len(clip_losses.GEOMETRY_ATTRIBUTES), TINY.embed_dim)
     with pytest.raises(ValueError, match="sha256"):
         train(replace(config, init_sha256="0" * 64), tmp_path / "bad", tmp_path / "bad.pt", progress=False)
     with pytest.raises(ValueError, match="missing"):
@@ -233,17 +225,17 @@ def test_stage_two_feeds_the_image_tower_what_clip_encoder_feeds_it(tmp_path):
     export_state_dict(model, path)
     encoder = load_clip(path)
     images = render(sample_attributes(3, _gen(2)), ["photo", "sketch", "neon"], "human")
-    assert torch.allclose(train_clip.model_pixels(images, "clip"), encoder.preprocess(images), atol=1e-6)
-    assert torch.equal(train_clip.model_pixels(images, "raw"), images)
-    assert all(PRESETS[f"{n}_anchored"].pixels == "clip" for n in train_clip.SHIPPED_STAGES)
+    assert torch.allclose(clip_recipe.model_pixels(images, "clip"), encoder.preprocess(images), atol=1e-6)
+    assert torch.equal(clip_recipe.model_pixels(images, "raw"), images)
+    assert all(PRESETS[f"{n}_anchored"].pixels == "clip" for n in clip_recipe.SHIPPED_STAGES)
     with pytest.raises(ValueError, match="pixels must be"):
-        train_clip.model_pixels(images, "srgb")
+        clip_recipe.model_pixels(images, "srgb")
 
 
 def test_invariance_pairs_are_colour_edits_and_leave_the_contrastive_batch_alone():
     base = ClipTrainConfig(name="tiny", architecture=TINY, seed=4, batch_size=8, hard_negative_fraction=0.25)
     with_term = replace(base, invariance_weight=5.0, invariance_pairs=20)
-    plain, paired = train_clip.training_batch(base, 7), train_clip.training_batch(with_term, 7)
+    plain, paired = clip_training.training_batch(base, 7), clip_training.training_batch(with_term, 7)
     assert torch.equal(plain["images"], paired["images"]) and plain["captions"] == paired["captions"]
     clean, edited = paired["invariance_pairs"]
     assert 0 < len(clean) == len(edited) <= 20
@@ -257,13 +249,13 @@ def test_invariance_pairs_are_colour_edits_and_leave_the_contrastive_batch_alone
 
 def test_invariance_loss_is_zero_for_identical_pairs_and_trains_the_image_tower():
     model = build_clip(TINY, 8)
-    directions = train_clip.training_text_directions(model)
-    assert directions.shape == (len(train_clip.target_domains()), TINY.embed_dim)
+    directions = clip_losses.training_text_directions(model)
+    assert directions.shape == (len(clip_recipe.target_domains()), TINY.embed_dim)
     assert torch.allclose(directions.norm(dim=1), torch.ones(len(directions)), atol=1e-5)
     clean = render(sample_attributes(6, _gen(5)), "photo", "human")
     grey = clean.mean(1, keepdim=True).expand_as(clean).contiguous()
-    assert float(train_clip.invariance_loss(model, clean, clean, directions, "clip")) == 0.0
-    loss = train_clip.invariance_loss(model, clean, grey, directions, "clip")
+    assert float(clip_losses.invariance_loss(model, clean, clean, directions, "clip")) == 0.0
+    loss = clip_losses.invariance_loss(model, clean, grey, directions, "clip")
     assert 0.0 < float(loss) <= 1.0
     loss.backward()
     assert model.visual.conv1.weight.grad.abs().sum() > 0
@@ -272,14 +264,14 @@ def test_invariance_loss_is_zero_for_identical_pairs_and_trains_the_image_tower(
 def test_direction_pairs_share_attributes_and_leave_the_contrastive_batch_alone():
     base = ClipTrainConfig(name="tiny", architecture=TINY, seed=4, batch_size=8, hard_negative_fraction=0.25)
     with_term = replace(base, direction_weight=2.0, direction_pairs=12)
-    plain, paired = train_clip.training_batch(base, 7), train_clip.training_batch(with_term, 7)
+    plain, paired = clip_training.training_batch(base, 7), clip_training.training_batch(with_term, 7)
     assert torch.equal(plain["images"], paired["images"]) and plain["captions"] == paired["captions"]
     source, target, shift = paired["direction_pairs"]
     assert source.shape == target.shape == (12, 3, 64, 64) and shift.shape == (12,)
-    domains = train_clip.target_domains()
+    domains = clip_recipe.target_domains()
     assert int(shift.min()) >= 0 and int(shift.max()) < len(domains)
     # each target is the render of its source's attributes in the shift's target domain
-    attrs = sample_attributes(12, torch.Generator().manual_seed(train_clip.train_batch_seed(4, 7) + 2))
+    attrs = sample_attributes(12, torch.Generator().manual_seed(train_batch_seed(4, 7) + 2))
     i = 5
     _, _, _, style, character = domains[int(shift[i])]
     assert torch.equal(target[i:i + 1], render(attrs[i:i + 1], style, character))
@@ -288,11 +280,11 @@ def test_direction_pairs_share_attributes_and_leave_the_contrastive_batch_alone(
 
 def test_direction_loss_is_low_when_image_differences_follow_the_text_direction():
     model = build_clip(TINY, 8)
-    directions = train_clip.training_text_directions(model)
+    directions = clip_losses.training_text_directions(model)
     source = render(sample_attributes(4, _gen(6)), "photo", "human")
     target = render(sample_attributes(4, _gen(6)), "sketch", "human")
     shift = torch.zeros(4, dtype=torch.long)
-    loss = train_clip.direction_loss(model, source, target, shift, directions, "clip")
+    loss = clip_losses.direction_loss(model, source, target, shift, directions, "clip")
     assert 0.0 <= float(loss) <= 2.0
     loss.backward()
     assert model.visual.conv1.weight.grad.abs().sum() > 0
@@ -301,9 +293,9 @@ def test_direction_loss_is_low_when_image_differences_follow_the_text_direction(
     before = loss.item()
     for _ in range(15):
         optimizer.zero_grad()
-        train_clip.direction_loss(model, source, target, shift, directions, "clip").backward()
+        clip_losses.direction_loss(model, source, target, shift, directions, "clip").backward()
         optimizer.step()
-    assert float(train_clip.direction_loss(model, source, target, shift, directions, "clip")) < before - 0.05
+    assert float(clip_losses.direction_loss(model, source, target, shift, directions, "clip")) < before - 0.05
 
 
 def test_training_text_directions_are_nada_text_directions(tmp_path):
@@ -313,26 +305,26 @@ def test_training_text_directions_are_nada_text_directions(tmp_path):
     encoder = load_clip(path)
     from replication.losses import text_direction
 
-    reference = torch.cat([text_direction(encoder, src, tgt) for _, src, tgt, _, _ in train_clip.target_domains()])
+    reference = torch.cat([text_direction(encoder, src, tgt) for _, src, tgt, _, _ in clip_recipe.target_domains()])
     # the exported file is fp16, so the reloaded encoder differs from the fp32 model by rounding only
-    assert torch.allclose(train_clip.training_text_directions(model), reference, atol=2e-2)
+    assert torch.allclose(clip_losses.training_text_directions(model), reference, atol=2e-2)
 
 
 def test_attribute_loss_falls_when_the_embedding_carries_the_attributes():
     batch = sample_batch(16, _gen(3), hard_negative_fraction=0.25)
-    targets = train_clip.attribute_targets(batch["attrs"])
+    targets = clip_losses.attribute_targets(batch["attrs"])
     # an "embedding" that holds the attributes exactly, scaled down by the readout gain, is read back exactly
-    exact = targets / train_clip.ATTRIBUTE_READOUT_GAIN
+    exact = targets / clip_losses.ATTRIBUTE_READOUT_GAIN
     exact = torch.cat([exact, (1 - exact.pow(2).sum(1, keepdim=True)).clamp_min(0).sqrt()], 1)
     head_wide = torch.nn.Linear(exact.shape[1], targets.shape[1])
     with torch.no_grad():
         head_wide.weight.copy_(torch.eye(targets.shape[1], exact.shape[1]))
         head_wide.bias.zero_()
-    assert float(train_clip.attribute_loss(head_wide, exact, batch)) < 1e-10
+    assert float(clip_losses.attribute_loss(head_wide, exact, batch)) < 1e-10
     # a tiny attribute component cannot be amplified: the head's rows are unit vectors times the fixed gain
     faint = torch.cat([1e-3 * targets, torch.ones(len(targets), 1)], 1)
     head_wide.weight.data.mul_(1000.0)
-    assert float(train_clip.attribute_loss(head_wide, faint, batch)) > 0.5 * float(targets.pow(2).mean())
+    assert float(clip_losses.attribute_loss(head_wide, faint, batch)) > 0.5 * float(targets.pow(2).mean())
 
 
 def test_exported_weights_load_through_load_clip_and_clip_load(tmp_path):
@@ -362,10 +354,7 @@ def test_cli_reports_bad_requests_in_one_line(capsys, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- shipped CLIPs
-@pytest.mark.parametrize("name, preset", [("clip_a", "clip_a_directed"), ("clip_b", "clip_b_smiling"),
-                                          ("candidates/clip_a_rn96bn", "clip_a_rn96bn_smiling_directed"),
-                                          ("candidates/clip_a_rn96w20bn", "clip_a_rn96w20bn_smiling_directed"),
-                                          ("candidates/clip_a_rn96w20bn_resmile", "clip_a_rn96w20bn_resmile_directed")])
+@pytest.mark.parametrize("name, preset", [("clip_a", "clip_a_directed"), ("clip_b", "clip_b_smiling")])
 def test_shipped_clip_loads_and_reads_styles(name, preset):
     path = WEIGHTS_DIR / f"{name}.pt"
     if not path.is_file():
@@ -396,9 +385,9 @@ def test_shipped_clip_loads_and_reads_styles(name, preset):
 def test_collapse_blindness_is_one_for_a_single_pair_and_lower_for_the_shipped_anchored_clip():
     encoder = load_clip(WEIGHTS_DIR / "clip_a.pt")
     # with one pair the "collapsed" generator is the faithful one: the loss cannot tell them apart by definition
-    assert train_clip.direction_scores(encoder, n_pairs=1)["collapse_blindness"] == pytest.approx(1.0, abs=1e-5)
+    assert clip_measure.direction_scores(encoder, n_pairs=1)["collapse_blindness"] == pytest.approx(1.0, abs=1e-5)
     # measured 0.83 on 200 pairs for the shipped (anchored) CLIP A, 0.89 for its contrastive-only stage 1
-    scores = train_clip.direction_scores(encoder, n_pairs=16)
+    scores = clip_measure.direction_scores(encoder, n_pairs=16)
     assert scores["collapse_blindness"] < 0.88
     assert all(0.0 < v["within_target_mean_pairwise_cosine"] < 1.0 for v in scores["per_target"].values())
     # the colour half of human -> zombie stays off the zombie direction that the whole change follows
@@ -417,21 +406,21 @@ def test_in_source_colours_keeps_the_targets_luminance_and_the_sources_chroma():
     attrs = sample_attributes(4, _gen(5))
     source, target = render(attrs, "photo", "human"), render(attrs, "sketch", "human")
     luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    mixed = train_clip.in_source_colours(target, source)
+    mixed = clip_losses.in_source_colours(target, source)
     inside = ((mixed > -1) & (mixed < 1)).all(1)  # pixels away from clamping, [N, H, W]
     assert inside.float().mean() > 0.2  # white paper under a saturated backdrop clips
     assert torch.allclose((mixed * luma).sum(1)[inside], (target * luma).sum(1)[inside], atol=1e-5)
     chroma = source - (source * luma).sum(1, keepdim=True)
     mixed_chroma = mixed - (mixed * luma).sum(1, keepdim=True)
     assert torch.allclose(mixed_chroma.permute(0, 2, 3, 1)[inside], chroma.permute(0, 2, 3, 1)[inside], atol=1e-5)
-    assert torch.allclose(train_clip.in_source_colours(source, source), source.clamp(-1, 1), atol=1e-5)
-    assert torch.allclose(train_clip.in_source_colours(target, target), target, atol=1e-5)  # a grey source: no colour
+    assert torch.allclose(clip_losses.in_source_colours(source, source), source.clamp(-1, 1), atol=1e-5)
+    assert torch.allclose(clip_losses.in_source_colours(target, target), target, atol=1e-5)  # a grey source: no colour
 
 
 def test_attribute_probe_reads_an_embedding_that_carries_the_attributes():
     """The probe must find attributes that are linearly present and report about 0 for ones that are not."""
     data = heldout_set(600)  # 450 to fit 12 coefficients, 150 to score
-    targets = train_clip.attribute_targets(data["attrs"])
+    targets = clip_losses.attribute_targets(data["attrs"])
 
     class Fake:
         seen = 0
@@ -443,48 +432,45 @@ def test_attribute_probe_reads_an_embedding_that_carries_the_attributes():
             constant = torch.full((len(images), 1), 10.0)  # keeps the norm nearly fixed: normalising stays linear
             return torch.nn.functional.normalize(torch.cat([targets[rows, :5], noise, constant], 1), dim=-1)
 
-    r2 = train_clip.attribute_probe_r2(Fake(), data)
-    names = train_clip.GEOMETRY_ATTRIBUTES
+    r2 = clip_measure.attribute_probe_r2(Fake(), data)
+    names = clip_losses.GEOMETRY_ATTRIBUTES
     assert all(r2[n] > 0.8 for n in names[:5]), r2
     assert all(r2[n] < 0.2 for n in names[5:]), r2
 
 
 def test_each_stage_starts_from_the_file_the_stage_before_writes():
     """The recipe chain: every stage but the last writes where the next one's init_weights reads; the last ships."""
-    assert set(train_clip.SHIPPED_STAGES) == {"clip_a", "clip_b"}
-    for family, stages in train_clip.STAGE_CHAINS.items():
+    assert set(clip_recipe.SHIPPED_STAGES) == {"clip_a", "clip_b"}
+    for family, stages in clip_recipe.SHIPPED_STAGES.items():
         assert stages[0] == family and len(stages) >= 2
         for before, after in zip(stages, stages[1:]):
-            written = train_clip.default_weights_path(before, measuring=False)
-            assert written.parent == train_clip.RUNS_DIR
-            assert train_clip.repo_path(PRESETS[after].init_weights) == written
-        assert train_clip.default_weights_path(stages[-1], measuring=False) == train_clip.WEIGHTS_DIR / f"{family}.pt"
-        assert train_clip.default_weights_path(stages[0], measuring=True) == train_clip.WEIGHTS_DIR / f"{family}.pt"
-        assert train_clip.recipe_command(family).split(" && ") == [
+            written = clip_recipe.default_weights_path(before, measuring=False)
+            assert written.parent == clip_recipe.RUNS_DIR
+            assert repo_path(PRESETS[after].init_weights) == written
+        assert clip_recipe.default_weights_path(stages[-1], measuring=False) == clip_recipe.WEIGHTS_DIR / f"{family}.pt"
+        assert clip_recipe.default_weights_path(stages[0], measuring=True) == clip_recipe.WEIGHTS_DIR / f"{family}.pt"
+        assert clip_recipe.recipe_command(family).split(" && ") == [
             f"python -m replication.miniworld.train_clip --name {s}" for s in stages]
     # the guidance CLIP's paired-direction term is on in the joined and the last stage only, so the smiling stage
     # between them cannot leave the shipped file off the directions
-    assert [PRESETS[s].direction_weight > 0 for s in train_clip.SHIPPED_STAGES["clip_a"]] == [False, False, True,
+    assert [PRESETS[s].direction_weight > 0 for s in clip_recipe.SHIPPED_STAGES["clip_a"]] == [False, False, True,
                                                                                                False, True]
     # both shipped CLIPs are trained with the smile term and (A from its anchored stage) frozen BatchNorm
-    assert all(PRESETS[s].smile_weight > 0 for stages in train_clip.SHIPPED_STAGES.values() for s in stages)
-    assert [PRESETS[s].freeze_batchnorm for s in train_clip.SHIPPED_STAGES["clip_a"]] == [False] + [True] * 4
-    # the retired ViT CLIPs keep their recipe under new names, never writing over a shipped file
-    assert train_clip.default_weights_path("clip_a_vit_directed", measuring=False).name == "clip_a_vit.pt"
-    assert isinstance(PRESETS["clip_a_vit"].architecture.vision_layers, int)
+    assert all(PRESETS[s].smile_weight > 0 for stages in clip_recipe.SHIPPED_STAGES.values() for s in stages)
+    assert [PRESETS[s].freeze_batchnorm for s in clip_recipe.SHIPPED_STAGES["clip_a"]] == [False] + [True] * 4
 
 
 def test_make_and_the_registry_retrain_the_shipped_clips_with_the_same_stages():
-    makefile = (train_clip.REPO_ROOT / "Makefile").read_text()
-    for family, stages in train_clip.SHIPPED_STAGES.items():
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    for family, stages in clip_recipe.SHIPPED_STAGES.items():
         listed = re.search(rf"^{family.upper()}_STAGES := (.*)$", makefile, re.M)
         assert listed and tuple(listed.group(1).split()) == stages
-        assert weights.get_entry(f"mini-{family.replace('_', '-')}").recipe == train_clip.recipe_command(family)
+        assert weights.get_entry(f"mini-{family.replace('_', '-')}").recipe == clip_recipe.recipe_command(family)
 
 
 def test_a_missing_start_file_names_the_stage_that_writes_it(tmp_path):
     config = replace(PRESETS["clip_a_directed"], init_weights=str(tmp_path / "absent.pt"))
-    with pytest.raises(train_clip.ClipTrainingError, match="--name clip_a_smiling"):
+    with pytest.raises(clip_recipe.ClipTrainingError, match="--name clip_a_smiling"):
         train(config, tmp_path / "run", tmp_path / "out.pt", progress=False)
 
 
@@ -492,56 +478,56 @@ def test_palette_pairs_join_the_invariance_term_as_recoloured_human_faces():
     base = ClipTrainConfig(name="tiny", architecture=TINY, seed=4, batch_size=8, hard_negative_fraction=0.25,
                            invariance_weight=5.0, invariance_pairs=10)
     with_swaps = replace(base, palette_pairs=6)
-    plain, swapped = train_clip.training_batch(base, 7), train_clip.training_batch(with_swaps, 7)
+    plain, swapped = clip_training.training_batch(base, 7), clip_training.training_batch(with_swaps, 7)
     assert torch.equal(plain["images"], swapped["images"]) and plain["captions"] == swapped["captions"]
     n_colour = len(plain["invariance_pairs"][0])
     clean, edited = swapped["invariance_pairs"]
     assert len(clean) == len(edited) == n_colour + 6
     assert torch.equal(clean[:n_colour], plain["invariance_pairs"][0])
     # the added rows are the same human faces in another character's colours
-    attrs = sample_attributes(6, torch.Generator().manual_seed(train_clip.train_batch_seed(4, 7) + 3))
+    attrs = sample_attributes(6, torch.Generator().manual_seed(train_batch_seed(4, 7) + 3))
     assert torch.equal(clean[n_colour:], render(attrs, "photo", "human"))
     others = [c for c in CHARACTERS if c != "human"]
     for i in range(6):
         assert any(torch.equal(edited[n_colour + i], render(attrs[i:i + 1], "photo", "human", palette=c)[0])
                    for c in others)
     # the swaps are weighted by the invariance term, so they cannot be asked for without it
-    with pytest.raises(train_clip.ClipTrainingError, match="invariance_weight"):
+    with pytest.raises(clip_recipe.ClipTrainingError, match="invariance_weight"):
         replace(with_swaps, invariance_weight=0.0)
 
 
 
 def test_colour_anchor_reads_skin_and_hair_only_where_the_domain_draws_them():
-    mask = train_clip.colour_anchor_mask(["photo", "sketch", "photo", "photo", "neon", "comic"],
-                                         ["human", "human", "zombie", "werewolf", "elf", "clown"])
+    mask = clip_losses.colour_anchor_mask(["photo", "sketch", "photo", "photo", "neon", "comic"],
+                                          ["human", "human", "zombie", "werewolf", "elf", "clown"])
     # columns: skin tone, hair colour. Zombies keep a quarter of the skin under the green; fur and face paint hide it;
     # sketch and neon draw no palette from light to dark; a clown's tufts use hair colour as a hue
     assert mask.tolist() == [[1, 1], [0, 0], [1, 1], [0, 1], [0, 0], [0, 0]]
-    assert train_clip.COLOUR_ANCHOR_ATTRIBUTES == ("skin_tone", "hair_color")
+    assert clip_losses.COLOUR_ANCHOR_ATTRIBUTES == ("skin_tone", "hair_color")
 
 
 def test_colour_anchor_loss_ignores_targets_that_hide_the_colours_and_trains_the_tower():
     config = ClipTrainConfig(name="tiny", architecture=TINY, seed=4, batch_size=4, direction_weight=2.0,
                              direction_pairs=6, colour_anchor_weight=5.0)
-    batch = train_clip.training_batch(config, 3)
+    batch = clip_training.training_batch(config, 3)
     source, target, shift = batch["direction_pairs"]
-    attrs = sample_attributes(6, torch.Generator().manual_seed(train_clip.train_batch_seed(4, 3) + 2))
+    attrs = sample_attributes(6, torch.Generator().manual_seed(train_batch_seed(4, 3) + 2))
     assert torch.equal(batch["direction_attrs"], attrs)  # the attributes the paired renders were drawn from
     model = build_clip(TINY, 2)
     head = torch.nn.Linear(TINY.embed_dim, 2)
-    loss = train_clip.colour_anchor_loss(model, head, batch, "clip")
+    loss = clip_losses.colour_anchor_loss(model, head, batch, "clip")
     loss.backward()
     assert float(loss.detach()) > 0 and model.visual.conv1.weight.grad.abs().sum() > 0
     # with every pair's shift set to photo -> sketch (no skin or hair palette) the targets drop out of the loss
-    to_sketch = torch.full_like(shift, [d[3] for d in train_clip.target_domains()].index("sketch"))
+    to_sketch = torch.full_like(shift, [d[3] for d in clip_recipe.target_domains()].index("sketch"))
     with torch.no_grad():
-        masked = train_clip.colour_anchor_loss(model, head, dict(batch, direction_pairs=(source, target, to_sketch)),
-                                               "clip")
-        sources_only = train_clip.colour_anchor_loss(model, head,
-                                                     dict(batch, direction_pairs=(source, source, to_sketch)), "clip")
+        masked = clip_losses.colour_anchor_loss(model, head, dict(batch, direction_pairs=(source, target, to_sketch)),
+                                                "clip")
+        sources_only = clip_losses.colour_anchor_loss(model, head,
+                                                      dict(batch, direction_pairs=(source, source, to_sketch)), "clip")
     assert torch.allclose(masked, sources_only, atol=1e-6)
     # the anchor reads the paired-direction renders, so it cannot be asked for without that term
-    with pytest.raises(train_clip.ClipTrainingError, match="direction_weight"):
+    with pytest.raises(clip_recipe.ClipTrainingError, match="direction_weight"):
         replace(config, direction_weight=0.0)
 
 
@@ -557,7 +543,7 @@ def test_colour_anchor_head_is_trained_and_never_exported(tmp_path):
 
 
 def test_smile_triplets_differ_only_in_the_mouth_and_the_smile_word():
-    images, texts = train_clip.smile_triplets(6, _gen(11), augment_strength=0.0)
+    images, texts = clip_training.smile_triplets(6, _gen(11), augment_strength=0.0)
     assert images.shape == (18, 3, 64, 64) and len(texts) == 18
     faces = images.unflatten(0, (6, 3))
     for i in range(6):
@@ -572,14 +558,14 @@ def test_smile_triplets_differ_only_in_the_mouth_and_the_smile_word():
             assert 0 < int(changed.sum()) < 600
     # the faces cover more than one domain, and the same generator state gives the same triplets
     assert len({t.split(" of ")[0] for t in texts}) > 1
-    again, again_texts = train_clip.smile_triplets(6, _gen(11), augment_strength=0.0)
+    again, again_texts = clip_training.smile_triplets(6, _gen(11), augment_strength=0.0)
     assert torch.equal(images, again) and texts == again_texts
 
 
 def test_smile_loss_trains_the_image_tower_to_tell_the_three_mouths_apart():
     model = build_clip(TINY, 9)
-    images, texts = train_clip.smile_triplets(4, _gen(12), augment_strength=0.0)
-    loss = train_clip.smile_loss(model, images, texts, "clip")
+    images, texts = clip_training.smile_triplets(4, _gen(12), augment_strength=0.0)
+    loss = clip_losses.smile_loss(model, images, texts, "clip")
     assert torch.isfinite(loss) and loss.item() > 0
     loss.backward()
     assert model.visual.conv1.weight.grad.abs().sum() > 0
@@ -587,14 +573,14 @@ def test_smile_loss_trains_the_image_tower_to_tell_the_three_mouths_apart():
     before = loss.item()
     for _ in range(20):
         optimizer.zero_grad()
-        train_clip.smile_loss(model, images, texts, "clip").backward()
+        clip_losses.smile_loss(model, images, texts, "clip").backward()
         optimizer.step()
-    assert float(train_clip.smile_loss(model, images, texts, "clip")) < before - 0.1
+    assert float(clip_losses.smile_loss(model, images, texts, "clip")) < before - 0.1
 
 
 def test_smile_triplets_join_the_batch_without_changing_the_contrastive_part():
     base = ClipTrainConfig(name="tiny", architecture=TINY, seed=4, batch_size=8)
-    plain, with_smiles = train_clip.training_batch(base, 3), train_clip.training_batch(
+    plain, with_smiles = clip_training.training_batch(base, 3), clip_training.training_batch(
         replace(base, smile_weight=1.0, smile_triplets=5), 3)
     assert torch.equal(plain["images"], with_smiles["images"]) and plain["captions"] == with_smiles["captions"]
     assert "smile_triplets" not in plain and with_smiles["smile_triplets"][0].shape == (15, 3, 64, 64)
@@ -604,7 +590,7 @@ def test_smiling_by_decile_counts_each_tenth_of_the_smile_value():
     smile = torch.tensor([0.05, 0.08, 0.66, 0.95, 1.0])
     called = torch.tensor([False, True, False, True, True])
     right = called == (smile > 0.65)
-    table = train_clip.smiling_by_decile(smile, called, right)
+    table = clip_measure.smiling_by_decile(smile, called, right)
     assert set(table) == {"0.0-0.1", "0.6-0.7", "0.9-1.0"}  # 1.0 joins the top tenth
     assert table["0.0-0.1"] == {"n": 2, "accuracy": 0.5, "called_smiling": 0.5}
     assert table["0.6-0.7"]["accuracy"] == 0.0 and table["0.9-1.0"] == {"n": 2, "accuracy": 1.0, "called_smiling": 1.0}
@@ -617,7 +603,7 @@ def test_frozen_batchnorm_keeps_running_statistics_and_still_trains_the_resnet_t
                             transformer_width=64, transformer_layers=1)
     config = ClipTrainConfig(name="tiny_rn", architecture=arch, seed=3, batch_size=8, smile_weight=1.0,
                              smile_triplets=2)
-    batch = train_clip.training_batch(config, 0)
+    batch = clip_training.training_batch(config, 0)
 
     def bn_state(model):
         return {k: v.clone() for k, v in model.visual.state_dict().items() if "running_" in k or "bn" in k}
@@ -641,17 +627,17 @@ def test_frozen_batchnorm_keeps_running_statistics_and_still_trains_the_resnet_t
 def test_colour_kept_pairs_are_sketches_and_the_hinge_is_zero_only_past_the_margin():
     config = ClipTrainConfig(name="tiny", architecture=TINY, seed=4, batch_size=8, direction_weight=1.0,
                              colour_kept_weight=1.0, colour_kept_pairs=5)
-    source, target, kept, shift = train_clip.training_batch(config, 3)["colour_kept"]
-    domains = train_clip.target_domains()
+    source, target, kept, shift = clip_training.training_batch(config, 3)["colour_kept"]
+    domains = clip_recipe.target_domains()
     assert len(source) == 5 and all(domains[int(t)][3] == "sketch" for t in shift)
-    assert torch.equal(kept, train_clip.in_source_colours(target, source))
+    assert torch.equal(kept, clip_losses.in_source_colours(target, source))
     model = build_clip(TINY, 0).eval()
-    directions = train_clip.training_text_directions(model)
+    directions = clip_losses.training_text_directions(model)
     with torch.no_grad():
-        loss = train_clip.colour_kept_loss(model, source, target, kept, shift, directions, "clip", 0.3)
+        loss = clip_losses.colour_kept_loss(model, source, target, kept, shift, directions, "clip", 0.3)
         # the "recoloured" target equal to the true one aligns exactly as much: the full margin is the loss
-        same = train_clip.colour_kept_loss(model, source, target, target, shift, directions, "clip", 0.3)
-        none = train_clip.colour_kept_loss(model, source, target, target, shift, directions, "clip", 0.0)
+        same = clip_losses.colour_kept_loss(model, source, target, target, shift, directions, "clip", 0.3)
+        none = clip_losses.colour_kept_loss(model, source, target, target, shift, directions, "clip", 0.0)
     assert 0.0 <= float(loss) and float(same) == pytest.approx(0.3, abs=1e-5) and float(none) == 0.0
-    with pytest.raises(train_clip.ClipTrainingError, match="direction_weight"):
+    with pytest.raises(clip_recipe.ClipTrainingError, match="direction_weight"):
         replace(config, direction_weight=0.0)

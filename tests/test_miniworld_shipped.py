@@ -53,29 +53,29 @@ def test_short_nada_run_on_the_shipped_models_moves_toward_sketch(tmp_path):
 
 
 def test_truth_clip_dir_scores_the_true_target_like_an_adapted_generator():
-    from metrics.calc import clip_scores
-    from metrics.miniworld import sample
+    from metrics.scoring import clip_scores
+    from replication.sampling import sample_images
     from replication.miniworld.render import render
-    from replication.miniworld.train_generator import latent_to_attributes
+    from replication.miniworld.truth import latent_to_attributes
 
     torch.set_num_threads(1)
     G_src, _ = load_generator(resolve_generator_path("mini-stylegan2"))
     clip = load_clip("mini-clip-a")
     z = torch.randn(16, G_src.style_dim, generator=torch.Generator().manual_seed(4))
     true_sketch = render(latent_to_attributes(z), "sketch", "human")
-    scores = clip_scores(G_src, G_src, z, clip, "photo", "sketch", true_sketch)
+    x_src = sample_images(G_src, z)
+    scores = clip_scores(clip, x_src, x_src, "photo", "sketch", true_sketch)
     # an unchanged G_tgt has no direction at all; the true sketches lie along the text direction (0.70 measured)
     assert scores["clip_dir"] == 0.0 and scores["truth_clip_dir"] > 0.5, scores
     # the truth is scored exactly as G_tgt is: handing G_tgt's own images as the truth gives the same number
     G_tgt = copy.deepcopy(G_src)
     with torch.no_grad():
         G_tgt.to_rgb1.bias.add_(0.3)
-    same = clip_scores(G_src, G_tgt, z, clip, "photo", "sketch", sample(G_tgt, z))
+    x_tgt = sample_images(G_tgt, z)
+    same = clip_scores(clip, x_src, x_tgt, "photo", "sketch", x_tgt)
     assert abs(same["truth_clip_dir"] - same["clip_dir"]) < 1e-6 and same["clip_dir"] != 0.0
-    # scorers handed images drawn once (as score_mini_run does) give exactly the numbers of their own draws
-    drawn = (sample(G_src, z), sample(G_tgt, z))
-    assert clip_scores(G_src, G_tgt, z, clip, "photo", "sketch", drawn[1], images=drawn) == same
-    from metrics.miniworld import mini_shift, score_shift
+    from metrics.miniworld import score_shift
+    from replication.miniworld.truth import mini_shift
 
     evaluator, kind = load_evaluator(), mini_shift("photo", "sketch")
     assert score_shift(G_src, G_tgt, evaluator, kind, z, images=drawn) == score_shift(G_src, G_tgt, evaluator, kind, z)
@@ -132,15 +132,16 @@ def test_the_guidance_scores_a_zombie_with_the_wrong_skin_below_the_true_one():
 
 def _sketch_truth(seed: int, n: int = 64):
     """The shipped generator's images of n latents, their true photo -> sketch targets and what scores them."""
-    from metrics.miniworld import mini_shift, sample
+    from replication.miniworld.truth import mini_shift
+    from replication.sampling import sample_images
     from replication.miniworld.render import render
-    from replication.miniworld.train_generator import latent_to_attributes
+    from replication.miniworld.truth import latent_to_attributes
 
     torch.set_num_threads(1)
     G_src, _ = load_generator(resolve_generator_path("mini-stylegan2"))
     z = torch.randn(n, G_src.style_dim, generator=torch.Generator().manual_seed(seed))
     attrs = latent_to_attributes(z)
-    return (G_src, load_evaluator(), mini_shift("photo", "sketch"), z, attrs, sample(G_src, z),
+    return (G_src, load_evaluator(), mini_shift("photo", "sketch"), z, attrs, sample_images(G_src, z),
             render(attrs, "sketch", "human"))
 
 
@@ -167,7 +168,7 @@ def test_a_sketch_in_the_source_colours_is_scored_colourful_and_the_truth_sets_t
     adaptation keeps are scored apart (chroma); and the true renders' own attribute R^2 ratio is reported as the
     ceiling of a shift's attr_r2_ratio."""
     from metrics.miniworld import score_shift
-    from replication.miniworld.train_clip import in_source_colours
+    from replication.miniworld.clip_losses import in_source_colours
 
     G_src, evaluator, kind, z, attrs, x_src, x_true = _sketch_truth(seed=6)
     true = score_shift(G_src, None, evaluator, kind, z, true_attrs=attrs, images=(x_src, x_true))

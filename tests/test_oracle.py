@@ -10,7 +10,7 @@ from baselines.oracle import CLIP_ORACLE_NAME, METHOD_NAME, PairedClipDirectionL
 from replication.checkpoint import load_generator
 from replication.config import ConfigError, load_shift
 from replication.miniworld.render import render
-from replication.miniworld.train_generator import latent_to_attributes
+from replication.miniworld.truth import latent_to_attributes
 from replication.nada import resolve_generator_path
 
 
@@ -104,7 +104,7 @@ def test_oracles_refuse_a_paper_shift_in_one_line(method):
 
 
 def test_replicate_trains_the_oracles_by_default_on_the_mini_world_only():
-    from replication.replicate import methods_for
+    from replication.pipeline.replicate import methods_for
 
     assert {METHOD_NAME, CLIP_ORACLE_NAME, "nada"} <= set(methods_for("mini", None))
     assert not {METHOD_NAME, CLIP_ORACLE_NAME} & set(methods_for("paper", None))
@@ -114,7 +114,7 @@ def test_replicate_trains_the_oracles_by_default_on_the_mini_world_only():
 
 def test_sweep_variants_can_name_a_method(tmp_path):
     from replication.runio import REPO_ROOT
-    from replication.sweep import load_sweep
+    from replication.pipeline.sweep import load_sweep
 
     sweep = load_sweep(REPO_ROOT / "replication" / "sweeps" / "mini-oracle.toml")
     assert {v.method for v in sweep.variants} == {METHOD_NAME}
@@ -129,11 +129,11 @@ def test_clis_refuse_the_oracle_on_a_paper_shift_before_loading_weights(tmp_path
     # the paper generator is not converted here: the oracle's own reason must come first, in one line, and no run
     # folder may be started
     if cli == "train":
-        from replication.train import main
+        from replication.pipeline.train import main
 
         argv = ["--shift", "ffhq--sketch", "--method", METHOD_NAME, "--outdir", str(tmp_path / "runs")]
     else:
-        from replication.replicate import main
+        from replication.pipeline.replicate import main
 
         argv = ["--world", "paper", "--shifts", "ffhq--sketch", "--methods", METHOD_NAME, "--outdir",
                 str(tmp_path / "runs"), "--no-figures", "--no-progress"]

@@ -3,7 +3,7 @@ import pytest
 
 from replication import weights
 from replication.miniworld import recipe_bench
-from replication.miniworld.train_clip import PRESETS, SHIPPED_STAGES
+from replication.miniworld.clip_recipe import PRESETS, SHIPPED_STAGES
 
 
 def test_every_shipped_recipe_parses_into_its_stages_with_the_recipe_step_counts():
@@ -42,7 +42,7 @@ def test_a_stage_time_is_its_fixed_cost_plus_its_steps_at_the_marginal_rate(tmp_
 
 def test_bad_recipe_commands_and_arguments_are_one_line_errors(capsys):
     with pytest.raises(recipe_bench.RecipeBenchError, match="cannot time recipe command"):
-        recipe_bench.recipe_stages("python -m replication.train --shift mini--sketch")
+        recipe_bench.recipe_stages("python -m replication.pipeline.train --shift mini--sketch")
     with pytest.raises(recipe_bench.RecipeBenchError, match="expected train_clip --name"):
         recipe_bench.recipe_stages("python -m replication.miniworld.train_clip --name no_such_preset")
     with pytest.raises(recipe_bench.RecipeBenchError, match="span of at least 1"):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from replication.config import ConfigError
-from replication.sweep import load_sweep, main
+from replication.pipeline.sweep import load_sweep, main
 
 
 def _write(tmp_path, text, name="s.toml"):
@@ -99,7 +99,7 @@ def _fake_run(root, seed, **scores):
 def test_the_table_counts_over_seeds_the_runs_that_pass_each_bar(tmp_path):
     """Across seeds, a bar's verdict is a count: zombie seeds reading 0.9 and 0.7 pass the target bar once, and only
     the character shift's bars are counted (no edge correlation on a character shift)."""
-    from replication.sweep import Sweep, Variant, table_markdown
+    from replication.pipeline.sweep import Sweep, Variant, table_markdown
 
     good = dict(mini_kept_label_accuracy=1.0, mini_attr_r2_ratio=0.8, mini_pixel_spread_ratio=1.0,
                 mini_edge_corr_true=0.1, mini_attr_r2_tgt_smile=0.9, mini_attr_r2_tgt_eye_size=-0.5)

@@ -13,7 +13,7 @@ from replication.config import parse_shift
 from replication.losses import text_direction
 from replication.nada import adapt
 from replication.networks import Generator, GeneratorConfig
-from replication.training_loop import RESUME_NAME, StepContext, TrainingDiverged, run_nada
+from replication.training_loop import FINAL_NAME, RESUME_NAME, StepContext, TrainingDiverged, run_nada
 
 DATA = Path(__file__).parent / "data"
 CLIP_TINY = str(DATA / "clip_tiny.pt")
@@ -104,6 +104,8 @@ def test_resume_after_kill_is_bit_identical(tmp_path, tiny_clip, mode, extra):
 def test_finished_run_is_skipped(tmp_path, tiny_clip):
     cfg = shift(iterations=2)
     adapt(tiny_G(), cfg, 0, tmp_path, encoders=[(tiny_clip, 1.0)], progress=False)
+    # a finished run keeps its final generator, not its resume state
+    assert (tmp_path / "checkpoints" / FINAL_NAME).is_file() and not (tmp_path / "checkpoints" / RESUME_NAME).exists()
     stamp = (tmp_path / "DONE").stat().st_mtime_ns
     adapt(tiny_G(), cfg, 0, tmp_path, encoders=[(tiny_clip, 1.0)], progress=False)
     assert (tmp_path / "DONE").stat().st_mtime_ns == stamp
@@ -139,7 +141,7 @@ def _cli(tmp_path, ckpt, task_extra="", nada_extra=""):
     toml.write_text(f'[task]\nworld = "mini"\ngenerator = "{ckpt}"\nsource_text = "photo"\ntarget_text = "sketch"\n'
                     f'{task_extra}\n[nada]\nclip_models = ["{CLIP_TINY}"]\nclip_model_weights = [1.0]\niterations = 2\n'
                     f'auto_layer_k = 2\n{nada_extra}\n')
-    return subprocess.run([sys.executable, "-m", "replication.train", "--shift", str(toml), "--outdir",
+    return subprocess.run([sys.executable, "-m", "replication.pipeline.train", "--shift", str(toml), "--outdir",
                            str(tmp_path / "runs"), "--no-progress", "--device", "cpu"],
                           capture_output=True, text=True, cwd=REPO, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin"})
 
@@ -160,7 +162,7 @@ def test_cli_bad_input_is_one_line(tmp_path, tiny_ckpt, task_extra, nada_extra, 
     if nada_extra:  # replace the clip list instead of duplicating keys
         toml = tmp_path / "s.toml"
         toml.write_text(toml.read_text().replace(f'clip_models = ["{CLIP_TINY}"]\nclip_model_weights = [1.0]', nada_extra))
-        text = subprocess.run([sys.executable, "-m", "replication.train", "--shift", str(toml), "--outdir",
+        text = subprocess.run([sys.executable, "-m", "replication.pipeline.train", "--shift", str(toml), "--outdir",
                                str(tmp_path / "runs"), "--no-progress", "--device", "cpu"],
                               capture_output=True, text=True, cwd=REPO, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin"})
     lines = [line for line in text.stderr.splitlines() if line.startswith("error:")]
@@ -172,7 +174,7 @@ def test_cli_rejects_bad_prompts(tmp_path, tiny_ckpt, target, fragment):
     out = _cli(tmp_path, tiny_ckpt)
     toml = tmp_path / "s.toml"
     toml.write_text(toml.read_text().replace('target_text = "sketch"', f'target_text = "{target}"'))
-    out = subprocess.run([sys.executable, "-m", "replication.train", "--shift", str(toml), "--outdir",
+    out = subprocess.run([sys.executable, "-m", "replication.pipeline.train", "--shift", str(toml), "--outdir",
                           str(tmp_path / "runs2"), "--no-progress", "--device", "cpu"],
                          capture_output=True, text=True, cwd=REPO, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin"})
     lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]

@@ -30,6 +30,8 @@ ATTRIBUTE_INDEX: dict[str, int] = {name: i for i, name in enumerate(ATTRIBUTE_NA
 
 STYLES: tuple[str, ...] = ("photo", "sketch", "pixel art", "comic", "watercolor", "neon")
 CHARACTERS: tuple[str, ...] = ("human", "zombie", "werewolf", "elf", "clown")
+# The source domain: the only one the mini generator is trained on, and the start of every mini shift.
+SOURCE_STYLE, SOURCE_CHARACTER = STYLES[0], CHARACTERS[0]
 
 SMILING_THRESHOLD: float = 0.65  # stored value; curvature 0.3
 FROWNING_THRESHOLD: float = 0.35  # stored value; curvature -0.3

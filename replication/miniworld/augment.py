@@ -20,10 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from replication.miniworld.attributes import CHARACTERS, STYLES
-
-SOURCE_STYLE = "photo"
-SOURCE_CHARACTER = "human"
+from replication.miniworld.attributes import CHARACTERS, SOURCE_CHARACTER, SOURCE_STYLE, STYLES
 
 # Ranges of augment() at strength 1; each is a half-width around "no change" unless noted.
 BRIGHTNESS_RANGE = 0.08  # added to [0, 1] intensities

@@ -46,7 +46,8 @@ class Stage:
 
 
 def _clip_stage(command: str, args: list[str]) -> Stage:
-    from replication.miniworld.train_clip import PRESETS, train
+    from replication.miniworld.clip_recipe import PRESETS
+    from replication.miniworld.clip_training import train
 
     if len(args) != 2 or args[0] != "--name" or args[1] not in PRESETS:
         raise RecipeBenchError(f"cannot time {command!r}: expected train_clip --name <preset>")
@@ -75,7 +76,8 @@ def _evaluator_stage(command: str, args: list[str]) -> Stage:
 
 
 def _generator_stage(command: str, args: list[str]) -> Stage:
-    from replication.miniworld.train_generator import build_parser, train_config, train_generator
+    from replication.miniworld.generator_training import train_generator
+    from replication.miniworld.train_generator import build_parser, train_config
 
     parsed = build_parser().parse_args(args)
     if parsed.command != "train":

@@ -1,0 +1,261 @@
+"""CLI: a hyper-parameter sweep of a method over mini shifts from one TOML file -> results/sweeps/<name>.{csv,md}.
+
+    python -m replication.pipeline.sweep replication/sweeps/mini-nada.toml            # train, score, tabulate (resumable)
+    python -m replication.pipeline.sweep replication/sweeps/mini-nada.toml --only default lr0.004 --seeds 0 1
+
+The file lists `shifts`, `seeds`, `n_eval` and [[variant]] tables, each with a `name`, a `nada` table of overrides
+of the shift's [nada] section and an optional `method` (default "nada"; any name of baselines.METHODS). Runs live in
+results/sweeps/<name>/mini/<shift>/<variant>/seed<k>/ exactly like `make replicate` runs, are scored by the same function, and a finished run is kept.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from baselines import METHODS, check_method
+from metrics.miniworld import NADA_BARS, bars_for_shift
+from metrics.scoring import metric_prefix
+from replication.checkpoint import CheckpointError
+from replication.clip_models import ClipModelError
+from replication.config import ConfigError, load_shift
+from replication.losses import GuidanceError
+from replication.nada import adapt, load_source
+from replication.pipeline.replicate import run_is_current
+from replication.pipeline.scoring import LazyMiniScorer, score_run
+from replication.pipeline.train import run_dir_for
+from replication.runio import REPO_ROOT, atomic_write_text, is_done
+from replication.weights import WeightError
+from results.collect import collect_rows, write_scores
+
+SWEEPS_OUT = REPO_ROOT / "results" / "sweeps"
+# Headline metrics of the table: (column, stored metric prefix); "_src" columns are the unadapted generator's.
+TABLE_COLUMNS = (("target", "mini_target_accuracy"), ("kept", "mini_kept_label_accuracy"),
+                 ("R^2 ratio", "mini_attr_r2_ratio"),
+                 ("R^2 ratio truth", "mini_attr_r2_ratio_true"), ("edge corr", "mini_edge_corr_true"),
+                 ("edge corr src", "mini_edge_corr_true_src"), ("paired L1", "mini_paired_l1"),
+                 ("spread", "mini_pixel_spread_ratio"),
+                 ("feature spread", "mini_feature_spread_ratio"), ("chroma", "mini_chroma"),
+                 ("chroma truth", "mini_chroma_true"), ("guidance clip_dir", "train_clip_dir_miniclipa"),
+                 ("... at the truth", "train_truth_clip_dir_miniclipa"))
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_-]*$")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One point of a sweep: a folder-safe name, the [nada] overrides it applies to every shift, and the method."""
+
+    name: str
+    nada: dict[str, Any]
+    method: str = "nada"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep file: its stem names the output; every variant runs on every shift and seed."""
+
+    name: str
+    shifts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    n_eval: int
+    variants: tuple[Variant, ...]
+
+
+def load_sweep(path: Path) -> Sweep:
+    """Parse and check a sweep TOML: unknown keys, bad names and overrides that no shift accepts are ConfigErrors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} does not exist; see replication/sweeps/ for examples")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    unknown = sorted(set(data) - {"shifts", "seeds", "n_eval", "variant"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; valid: shifts, seeds, n_eval, [[variant]]")
+    variants = []
+    for raw in data.get("variant", []):
+        extra = sorted(set(raw) - {"name", "nada", "method"})
+        name = str(raw.get("name", ""))
+        if extra or not NAME_PATTERN.match(name):
+            raise ConfigError(f"{path}: each [[variant]] needs a folder-safe `name` (letters, digits, . + _ -), "
+                              f"an optional `nada` table and `method`; got name {name!r}, extra keys {extra}")
+        method = str(raw.get("method", "nada"))
+        if method not in METHODS:
+            raise ConfigError(f"{path}: variant {name!r} has unknown method {method!r}; known: {sorted(METHODS)}")
+        variants.append(Variant(name, dict(raw.get("nada", {})), method))
+    names = [v.name for v in variants]
+    if not variants or len(set(names)) != len(names):
+        raise ConfigError(f"{path}: needs at least one [[variant]] and distinct names, got {names}")
+    sweep = Sweep(path.stem, tuple(data.get("shifts", ())), tuple(int(s) for s in data.get("seeds", (0,))),
+                  int(data.get("n_eval", 500)), tuple(variants))
+    if not sweep.shifts:
+        raise ConfigError(f"{path}: `shifts` must list at least one mini shift")
+    for shift_name in sweep.shifts:
+        for variant in sweep.variants:  # every override is validated before anything trains
+            shift = load_shift(shift_name, {"nada": variant.nada})
+            if shift.task.world != "mini":
+                raise ConfigError(f"{path}: {shift_name} is a {shift.task.world}-world shift; sweeps score against "
+                                  "the mini world's ground truth, so list mini shifts only")
+            check_method(variant.method, shift)
+    return sweep
+
+
+def run_variant(sweep: Sweep, shift_name: str, variant: Variant, seed: int, outdir: Path, scorer: LazyMiniScorer, *,
+                progress: bool = True, device: torch.device = torch.device("cpu"), rerun_stale: bool = False) -> Path:
+    """Train (or keep) and score one run of the sweep; returns its run folder. A finished run is kept unless
+    rerun_stale is set and it was trained or scored with other weights than the registry's."""
+    shift = load_shift(shift_name, {"nada": variant.nada})
+    run_dir = run_dir_for(outdir / sweep.name, "mini", shift.task.name, variant.name, seed)
+    if is_done(run_dir) and (run_dir / "metrics.jsonl").is_file():
+        if not rerun_stale or run_is_current(run_dir, shift):
+            return run_dir
+        print(f"re-running {run_dir}: it was trained or scored with other weights than the registry's", flush=True)
+        shutil.rmtree(run_dir)
+    G_src, latent_avg, shas = load_source(shift, device)
+    if variant.method == "nada":
+        G_tgt = adapt(G_src, shift, seed, run_dir, weights_sha256=shas, progress=progress, latent_avg=latent_avg,
+                      method=f"nada[{variant.name}]")
+    else:
+        G_tgt = METHODS[variant.method](G_src, shift, seed, run_dir, weights_sha256=shas, progress=progress,
+                                        latent_avg=latent_avg)
+    score_run(run_dir, shift, G_src, G_tgt, scorer.get(), sweep.n_eval)
+    return run_dir
+
+
+def _run_scores(run_dir: Path) -> dict[str, float] | None:
+    """A finished run's stored scores by metric prefix ("mini_target_accuracy_n500" -> "mini_target_accuracy"), or
+    None when the run is not finished."""
+    if not (is_done(run_dir) and (run_dir / "metrics.jsonl").is_file()):
+        return None
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    return {metric_prefix(row["metric"]): float(row["value"]) for row in rows}
+
+
+def _finished_runs(sweep: Sweep, outdir: Path):
+    """(shift, variant, seed, run_dir, scores) of every finished run of the sweep, in table order."""
+    for shift_name in sweep.shifts:
+        for variant in sweep.variants:
+            for seed in sweep.seeds:
+                run_dir = outdir / sweep.name / "mini" / shift_name / variant.name / f"seed{seed}"
+                scores = _run_scores(run_dir)
+                if scores is not None:
+                    yield shift_name, variant, seed, run_dir, scores
+
+
+def table_markdown(sweep: Sweep, outdir: Path) -> str:
+    """One row per finished (shift, variant, seed): the headline scores and the training seconds; then, where a
+    (shift, variant) has several seeds, their mean and spread and how many seeds pass each of issue 4's bars."""
+    header = ["shift", "variant", "seed", *[c for c, _ in TABLE_COLUMNS], "train s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for shift_name, variant, seed, run_dir, scores in _finished_runs(sweep, outdir):
+        seconds = json.loads((run_dir / "DONE").read_text() or "{}").get("seconds")
+        cells = [scores.get(prefix) for _, prefix in TABLE_COLUMNS]
+        lines.append("| " + " | ".join([shift_name, variant.name, str(seed),
+                                        *["" if v is None else f"{v:.2f}" for v in cells],
+                                        "" if seconds is None else f"{seconds:.0f}"]) + " |")
+    summary = summary_markdown(sweep, outdir)
+    return "\n".join(lines) + "\n" + (f"\n{summary}" if summary else "")
+
+
+def _weakest_attribute(runs: list[dict[str, float]]) -> str:
+    """The attribute whose R^2 (G_tgt against the truth) is lowest on average over the runs, e.g. "eye_size -0.74"."""
+    prefix = "mini_attr_r2_tgt_"
+    names = {k[len(prefix):] for scores in runs for k in scores if k.startswith(prefix)}
+    means = {name: sum(scores[prefix + name] for scores in runs) / len(runs) for name in names
+             if all(prefix + name in scores for scores in runs)}
+    if not means:
+        return ""
+    name = min(means, key=means.get)
+    return f"{name} {means[name]:.2f}"
+
+
+def summary_markdown(sweep: Sweep, outdir: Path) -> str:
+    """Per (shift, variant) with two or more finished seeds: each bar's score as mean +- sd over seeds and, in
+    brackets, how many seeds pass it; the last column counts the seeds that pass every bar of the shift."""
+    groups: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for shift_name, variant, _, _, scores in _finished_runs(sweep, outdir):
+        groups.setdefault((shift_name, variant.name), []).append(scores)
+    groups = {key: runs for key, runs in groups.items() if len(runs) >= 2}
+    if not groups:
+        return ""
+    header = ["shift", "variant", "seeds", *[bar.name for bar in NADA_BARS], "weakest attribute (mean R^2)",
+              "seeds passing every bar"]
+    lines = ["Over seeds: mean +- sd (seeds passing the bar); blank where the bar is not the shift's.\n",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (shift_name, variant_name), runs in groups.items():
+        applicable = bars_for_shift(load_shift(shift_name).task)
+        cells, every = [], [True] * len(runs)
+        for bar in NADA_BARS:
+            verdicts = [bar.passes(scores) for scores in runs]
+            if bar not in applicable or any(v is None for v in verdicts):
+                cells.append("")
+                continue
+            values = torch.tensor([scores[bar.metric] for scores in runs], dtype=torch.float64)
+            cells.append(f"{values.mean():.2f} +- {values.std():.2f} ({sum(verdicts)}/{len(runs)})")
+            every = [e and v for e, v in zip(every, verdicts)]
+        lines.append("| " + " | ".join([shift_name, variant_name, str(len(runs)), *cells, _weakest_attribute(runs),
+                                        f"{sum(every)}/{len(runs)}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m replication.pipeline.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep", type=Path, help="sweep TOML (replication/sweeps/*.toml)")
+    p.add_argument("--only", nargs="*", help="run only these variant names")
+    p.add_argument("--seeds", nargs="*", type=int, help="override the file's seeds")
+    p.add_argument("--outdir", type=Path, default=SWEEPS_OUT)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--rerun-stale", action="store_true",
+                   help="train again the finished runs made with other weights than the registry's")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    try:
+        sweep = load_sweep(args.sweep)
+        # the table covers every seed of the file and those asked for, not only this invocation's
+        table_sweep = Sweep(sweep.name, sweep.shifts, tuple(sorted({*sweep.seeds, *(args.seeds or ())})),
+                            sweep.n_eval, sweep.variants)
+        if args.seeds:
+            sweep = Sweep(sweep.name, sweep.shifts, tuple(args.seeds), sweep.n_eval, sweep.variants)
+        chosen = [v for v in sweep.variants if not args.only or v.name in args.only]
+        missing = sorted(set(args.only or ()) - {v.name for v in sweep.variants})
+        if missing:
+            raise ConfigError(f"--only names {missing} are not variants of {args.sweep}; it has "
+                              f"{[v.name for v in sweep.variants]}")
+        jobs = [(s, v, k) for s in sweep.shifts for v in chosen for k in sweep.seeds]
+        stale: list[str] = []
+        scorer = LazyMiniScorer()  # loaded once, at the first run that needs scoring
+        for i, (shift_name, variant, seed) in enumerate(jobs):
+            print(f"[{i + 1}/{len(jobs)}] {shift_name} {variant.name} seed{seed}", flush=True)
+            run_dir = run_variant(sweep, shift_name, variant, seed, args.outdir, scorer,
+                                  progress=not args.no_progress, device=device, rerun_stale=args.rerun_stale)
+            if not run_is_current(run_dir, load_shift(shift_name, {"nada": variant.nada})):
+                stale.append(str(run_dir))
+    except (ConfigError, CheckpointError, ClipModelError, GuidanceError, WeightError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if stale:
+        print(f"warning: {len(stale)} finished run(s) were trained or scored with other weights than the registry's "
+              f"(first: {stale[0]}); redo them with --rerun-stale", file=sys.stderr)
+    csv_path = write_scores(collect_rows(args.outdir / sweep.name), args.outdir / f"{sweep.name}.csv")
+    md_path = args.outdir / f"{sweep.name}.md"
+    atomic_write_text(md_path, table_markdown(table_sweep, args.outdir))
+    print(f"scores: {csv_path}\ntable: {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
