@@ -17,6 +17,7 @@ SEEDS ?=
 
 help:
 	@echo "make replicate   train, score and draw every shift of WORLD (mini by default; WORLD=paper needs make convert)"
+	@echo "                 (one run: python -m replication.pipeline.train --shift mini--sketch --seed 0)"
 	@echo "                 narrow it with SHIFTS=\"mini--sketch\" METHODS=\"nada source\" SEEDS=\"0\""
 	@echo "                 RERUN_STALE=1 re-runs finished mini runs trained or scored with other weights"
 	@echo "                 RESCORE=1 scores finished mini runs again from their saved final generator (new metrics)"
@@ -65,13 +66,11 @@ replicate: env
 	$(PY) -m replication.pipeline.replicate --world $(WORLD) $(if $(SHIFTS),--shifts $(SHIFTS)) \
 		$(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(RERUN_STALE),--rerun-stale) $(if $(RESCORE),--rescore)
 
-# Each CLIP trains in resumable stages (train_clip.SHIPPED_STAGES): stage k writes artifacts/mini_clip/<family>_stage<k>.pt
-# (git-ignored), the next stage starts from it, and the last writes the shipped file. CLIP A (NADA's guidance): stage 1,
-# anchored, joined smiling+directed, smiling, directed (about 36+45+30+50+15 min on one thread beside another job,
-# 82 min in all alone on two); CLIP B: stage 1, anchored, smiling (about 10+15+17 min). The four models are
-# independent one-thread jobs: `make -j2 mini-world` trains two at a time on a 2-core machine.
-# Torch threads of every recipe command: 1 for `make -j2 mini-world` (two models at a time), 2 for one model alone
-# (`make bench-recipes` estimates each recipe at 2: results/bench/mini-recipes-2t.json).
+# Each CLIP trains in resumable stages (SHIPPED_STAGES in replication/miniworld/clip_recipe.py): stage k writes
+# artifacts/mini_clip/<family>_stage<k>.pt (git-ignored), the next stage starts from it, and the last writes the shipped
+# file. The four models are independent one-thread jobs: `make -j2 mini-world` trains two at a time on a 2-core
+# machine; MINI_THREADS=2 gives one model both cores. `make bench-recipes` estimates each recipe's time
+# (results/bench/mini-recipes-2t.json); docs/mini_world.md says what each stage adds.
 MINI_THREADS ?= 1
 CLIP_TRAIN = $(PY) -m replication.miniworld.train_clip --threads $(MINI_THREADS)
 CLIP_A_STAGES := clip_a clip_a_anchored clip_a_joined clip_a_smiling clip_a_directed
@@ -90,8 +89,7 @@ mini-world-evaluator: env
 		--out replication/miniworld/weights/evaluator.pt
 
 # The generator is four resumable stages (artifacts/ between them): 2,400 steps from scratch; 16,000 more distillation
-# steps (about 70-95 min on two threads, twice that on one); 2,000 with the smile's mapping input reseeded and the mouth
-# term (the stage-2 mapping network drops the smile: issue 4 note of 2026-12-03); 3,000 with a stronger mouth term.
+# steps; 2,000 with the smile's mapping input reseeded and the mouth term; 3,000 with a stronger mouth term.
 # Each stage records the sha256 of the one it starts from.
 GEN_STAGE1 := artifacts/mini_world/generator_stage1.pt
 GEN_STAGE2 := artifacts/mini_world/generator_stage2.pt

@@ -104,7 +104,7 @@ def score_shift(G_src, G_tgt, evaluator, shift: MiniShift, z: torch.Tensor, *,
         "paired_l1": (x_tgt - x_true).abs().mean().item(),
         "paired_l1_src": (x_src - x_true).abs().mean().item(),
         # A grey target (sketch: chroma 0) drawn in the source's colours reads as the target to both mini CLIPs
-        # (train_clip.in_source_colours), so the colours kept by an adaptation are measured apart.
+        # (replication.miniworld.clip_losses.in_source_colours), so the colours kept by an adaptation are measured apart.
         "chroma": chroma(x_tgt),
         "chroma_src": chroma(x_src),
         "chroma_true": chroma(x_true),

@@ -258,3 +258,13 @@ def load_clip(name_or_path: str | os.PathLike, device: str | torch.device = "cpu
         _cast_like_openai(model, dtype)  # the layers OpenAI's build_model puts in fp16
     model.to(device)
     return ClipEncoder(model, antialias=antialias, name=name)
+
+
+def load_weighted_encoders(names: Sequence[str], weights: Sequence[float], device: str | torch.device = "cpu", *,
+                           antialias: bool = True, skip_zero_weight: bool = False) -> list[tuple[ClipEncoder, float]]:
+    """(encoder, weight) pairs for the named CLIP models, loaded with :func:`load_clip` (no downloads).
+
+    ``skip_zero_weight``: a model of weight 0 is not even loaded, for callers that would only multiply it by 0.
+    """
+    return [(load_clip(name, device=device, antialias=antialias), float(weight))
+            for name, weight in zip(names, weights) if weight > 0 or not skip_zero_weight]

@@ -6,16 +6,12 @@ from pathlib import Path
 import torch
 
 from replication.checkpoint import load_generator
-from replication.clip_models import ClipEncoder, load_clip
+from replication.clip_models import ClipEncoder, load_weighted_encoders
 from replication.config import NadaConfig, ShiftConfig, TaskConfig
 from replication.layer_select import apply_selection, select_layers
 from replication.losses import ClipGuidance, GuidanceConfig, image_direction
 from replication.networks import Generator
-from replication.runio import REPO_ROOT
 from replication.training_loop import StepContext, run_nada
-
-CONVERTED_DIR = REPO_ROOT / "cache" / "converted"
-
 
 class GeneratorNotFound(ValueError):
     """The source generator named by a shift is neither a file nor a converted registry weight."""
@@ -32,7 +28,7 @@ def resolve_generator_path(name: str) -> Path:
     entry = weights.get_entry(name)  # unknown names raise WeightError listing the known ones
     if entry.format == "nada-replication-checkpoint":
         return weights.resolve(name)
-    converted = CONVERTED_DIR / f"{name}.pt"
+    converted = weights.converted_dir() / f"{name}.pt"
     if not converted.is_file():
         raise GeneratorNotFound(f"source generator {name!r} has no converted checkpoint {converted}; put "
                                 f"{entry.filename} in {weights.weights_dir()} (from {entry.url}) and run `make convert`")
@@ -41,8 +37,8 @@ def resolve_generator_path(name: str) -> Path:
 
 def load_encoders(cfg: NadaConfig, device: torch.device) -> list[tuple[ClipEncoder, float]]:
     """Load the run's CLIP models; a zero-weight model is not even loaded (the original evaluated it every step)."""
-    return [(load_clip(name, device=device, antialias=cfg.antialias), float(weight))
-            for name, weight in zip(cfg.clip_models, cfg.clip_model_weights) if weight > 0]
+    return load_weighted_encoders(cfg.clip_models, cfg.clip_model_weights, device, antialias=cfg.antialias,
+                                  skip_zero_weight=True)
 
 
 def build_guidance(task: TaskConfig, cfg: NadaConfig, encoders: list[tuple[ClipEncoder, float]],

@@ -13,7 +13,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
-from replication.config import NadaConfig, ShiftConfig, TaskConfig, to_dict
+from replication.config import NadaConfig, ShiftConfig, to_dict
 from replication.networks import Generator
 from replication.runio import StatsLog, atomic_torch_save, environment_record, is_done, mark_done, write_json
 

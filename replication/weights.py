@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from replication.checkpoint import sha256_file
+from replication.runio import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("generator", "clip", "inception", "alexnet", "evaluator")
 FORMATS = ("tf-stylegan2", "stylegan2-ada-pytorch", "rosinality", "nada-replication-checkpoint", "clip-jit",
            "torch-state-dict")
@@ -71,6 +71,11 @@ def weights_dir() -> Path:
     """$NADA_WEIGHTS_DIR, or <repo>/cache/weights."""
     env = os.environ.get("NADA_WEIGHTS_DIR")
     return Path(env).expanduser() if env else REPO_ROOT / "cache" / "weights"
+
+
+def converted_dir() -> Path:
+    """<repo>/cache/converted: where `make convert` writes paper generators and where shifts find them."""
+    return REPO_ROOT / "cache" / "converted"
 
 
 def registry_path() -> Path:

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 from replication import convert as conv
 from replication.checkpoint import load_checkpoint, load_generator, sha256_file
+from replication.conversion.ada import module_tensors
+from replication.conversion.sources import detect_format
 from replication.safe_unpickle import TFNetworkState, UnsafePickleError, safe_load
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,7 +64,7 @@ def test_tf_pickle_converts_to_identical_generator(tmp_path, models):
     dlatent_avg = np.linspace(-1, 1, G.style_dim).astype(np.float32)
     write_tf_pickle(tmp_path / "net.pkl", G, D, g_model=G_raw, module_src=module_src_with_payload(marker),
                     latent_avg=dlatent_avg)
-    assert conv.detect_format(tmp_path / "net.pkl") == "tf-stylegan2"
+    assert detect_format(tmp_path / "net.pkl") == "tf-stylegan2"
     conv.convert(tmp_path / "net.pkl", tmp_path / "net.pt")
 
     G_conv, ckpt = load_generator(tmp_path / "net.pt")
@@ -94,7 +96,7 @@ def test_ada_pickle_converts_to_identical_generator(tmp_path, models):
     w_avg = torch.randn(G.style_dim)
     write_ada_pickle(tmp_path / "net.pkl", G, D, g_model=G_raw, w_avg=w_avg,
                      module_src=module_src_with_payload(marker))
-    assert conv.detect_format(tmp_path / "net.pkl") == "ada-pytorch"
+    assert detect_format(tmp_path / "net.pkl") == "ada-pytorch"
     conv.convert(tmp_path / "net.pkl", tmp_path / "net.pt")
 
     G_conv, ckpt = load_generator(tmp_path / "net.pt")
@@ -111,7 +113,7 @@ def test_rosinality_pt_converts_with_inferred_config(tmp_path, models):
     G, D, _ = models
     torch.save({"g_ema": G.state_dict(), "latent_avg": torch.zeros(G.style_dim), "d": D.state_dict()},
                tmp_path / "ros.pt")
-    assert conv.detect_format(tmp_path / "ros.pt") == "rosinality"
+    assert detect_format(tmp_path / "ros.pt") == "rosinality"
     conv.convert(tmp_path / "ros.pt", tmp_path / "ours.pt")
     ckpt = load_checkpoint(tmp_path / "ours.pt")
     assert ckpt.source_format == "nada-replication-checkpoint"
@@ -213,7 +215,7 @@ def test_ada_upconv_orientation_matches_ada_semantics(tmp_path, models, path):
     G, D, _ = models
     write_ada_pickle(tmp_path / "net.pkl", G, D)
     data = safe_load(tmp_path / "net.pkl")
-    layer = conv.module_tensors(data["G_ema"])
+    layer = module_tensors(data["G_ema"])
     ada = {k: layer[f"synthesis.b8.conv0.{k}"] for k in ("weight", "affine.weight", "affine.bias")}
     conv.convert(tmp_path / "net.pkl", tmp_path / "net.pt")
     G_conv, _ = load_generator(tmp_path / "net.pt")

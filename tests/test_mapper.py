@@ -11,25 +11,18 @@ import torch
 from torch import nn
 
 from replication.clip_models import load_clip
-from replication.mapper import (
-    LatentMapper,
-    Lookahead,
-    MapperConfig,
-    MapperError,
-    PixelNorm,
-    Ranger,
+from replication.mapper.checkpoint import load_mapper, save_mapper
+from replication.mapper.config import MapperConfig, MapperError
+from replication.mapper.loss import (
     area_resample_matrix,
-    centralize_gradients,
     clip_text_loss,
-    level_slices,
-    load_mapper,
     mapper_loss,
     prepare_for_clip,
-    sample_wplus,
-    save_mapper,
     styleclip_resize,
-    train_mapper,
 )
+from replication.mapper.model import LatentMapper, PixelNorm, level_slices
+from replication.mapper.optim import Lookahead, Ranger, centralize_gradients
+from replication.mapper.train import sample_wplus, train_mapper
 from replication.networks import Generator, GeneratorConfig
 
 torch.set_num_threads(1)

@@ -10,26 +10,31 @@ import pytest
 import torch
 
 from replication.miniworld import evaluator as ev
+from replication.miniworld import evaluator_fidelity as evf
+from replication.miniworld import evaluator_measure as evmeas
+from replication.miniworld import evaluator_model as evm
+from replication.miniworld import evaluator_training as evt
 from replication.miniworld.attributes import (
-    ATTRIBUTE_INDEX, CHARACTERS, GLASSES_THRESHOLD, NUM_ATTRIBUTES, STYLES, sample_attributes,
+    ATTRIBUTE_INDEX, ATTRIBUTE_NAMES, CHARACTERS, GLASSES_THRESHOLD, NUM_ATTRIBUTES, STYLES, sample_attributes,
 )
+from replication.miniworld.imagestats import FeatureShapeError, frechet_distance
 from replication.miniworld.render import render, showcase_attributes
 
 torch.set_num_threads(1)
 
-TINY = ev.EvaluatorConfig(blocks=((8, 2), (16, 2), (16, 2)), feature_dim=16)
-TINY_TRAIN = ev.TrainConfig(steps=4, batch_size=8, warmup_steps=1, checkpoint_every=2)
+TINY = evm.EvaluatorConfig(blocks=((8, 2), (16, 2), (16, 2)), feature_dim=16)
+TINY_TRAIN = evt.TrainConfig(steps=4, batch_size=8, warmup_steps=1, checkpoint_every=2)
 
 
-def _tiny_model(seed: int = 0) -> ev.Evaluator:
+def _tiny_model(seed: int = 0) -> evm.Evaluator:
     torch.manual_seed(seed)
-    return ev.Evaluator(TINY).eval()
+    return evm.Evaluator(TINY).eval()
 
 
 @pytest.fixture(scope="module")
 def tiny_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("evaluator") / "tiny.pt"
-    ev.save_evaluator(_tiny_model(), path)
+    evm.save_evaluator(_tiny_model(), path)
     return path
 
 
@@ -47,71 +52,72 @@ def test_model_shapes_and_ranges():
 
 
 def test_default_architecture_fits_the_size_budget():
-    model = ev.Evaluator()
+    model = evm.Evaluator()
     n_params = sum(p.numel() for p in model.parameters())
     assert n_params * 2 < 4e6  # stored in fp16; the evaluator's budget is 4 MB
-    assert model.features(torch.zeros(1, 3, 64, 64)).shape == (1, ev.EvaluatorConfig().feature_dim)
+    assert model.features(torch.zeros(1, 3, 64, 64)).shape == (1, evm.EvaluatorConfig().feature_dim)
 
 
 def test_bad_input_is_a_clear_error():
     model = _tiny_model()
-    with pytest.raises(ev.EvaluatorError, match=r"\[N, 3, H, W\]"):
+    with pytest.raises(evm.EvaluatorError, match=r"\[N, 3, H, W\]"):
         model.features(torch.zeros(2, 1, 64, 64))
-    with pytest.raises(ev.EvaluatorError, match="uint8"):
+    with pytest.raises(evm.EvaluatorError, match="uint8"):
         model.features(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
 
 
 def test_circular_attributes_round_trip_through_the_head_encoding():
     attrs = sample_attributes(64, torch.Generator().manual_seed(3))
     attrs[0, ATTRIBUTE_INDEX["background_hue"]] = 0.999  # near the wrap: must come back near 1, not near 0.5
-    decoded = ev.attributes_from_outputs(ev.attribute_targets(attrs))
+    decoded = evm.attributes_from_outputs(evm.attribute_targets(attrs))
     wrapped = (decoded - attrs + 0.5).remainder(1.0) - 0.5
     assert wrapped.abs().max() < 1e-5
 
 
-def test_r_squared_of_circular_attribute_uses_the_wrapped_error():
-    truth = torch.tensor([0.01, 0.25, 0.5, 0.75, 0.99])
-    pred = torch.tensor([0.99, 0.25, 0.5, 0.75, 0.01])  # off by 0.02 across the wrap
-    assert ev.r_squared(pred, truth, circular=True) > 0.99
-    assert ev.r_squared(pred, truth, circular=False) < 0.5
+def test_attribute_r2_of_circular_attribute_uses_the_wrapped_error():
+    truth = torch.tensor([0.01, 0.25, 0.5, 0.75, 0.99]).unsqueeze(1).expand(-1, NUM_ATTRIBUTES)
+    pred = torch.tensor([0.99, 0.25, 0.5, 0.75, 0.01]).unsqueeze(1).expand(-1, NUM_ATTRIBUTES)  # 0.02 across the wrap
+    r2 = evmeas.attribute_r2(pred, truth)
+    assert r2["background_hue"] > 0.99  # circular
+    assert r2["face_x"] < 0.5  # linear: the same numbers are far apart
 
 
 def test_save_load_round_trip_and_bad_files(tmp_path, tiny_file):
-    loaded = ev.load_evaluator(tiny_file)
+    loaded = evm.load_evaluator(tiny_file)
     x = torch.rand(3, 3, 64, 64) * 2 - 1
     # weights are stored in fp16, so predictions agree to fp16 precision
     torch.testing.assert_close(loaded.features(x), _tiny_model().features(x), atol=2e-2, rtol=2e-2)
     blob = torch.load(tiny_file, weights_only=True)
-    assert blob["attribute_names"] == list(ev.ATTRIBUTE_NAMES) and blob["styles"] == list(STYLES)
-    with pytest.raises(ev.EvaluatorError, match="not found"):
-        ev.load_evaluator(tmp_path / "missing.pt")
+    assert blob["attribute_names"] == list(ATTRIBUTE_NAMES) and blob["styles"] == list(STYLES)
+    with pytest.raises(evm.EvaluatorError, match="not found"):
+        evm.load_evaluator(tmp_path / "missing.pt")
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, other)
-    with pytest.raises(ev.EvaluatorError, match="format"):
-        ev.load_evaluator(other)
+    with pytest.raises(evm.EvaluatorError, match="format"):
+        evm.load_evaluator(other)
 
 
 def test_three_training_steps_reduce_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
-    model = ev.Evaluator(TINY)
+    model = evm.Evaluator(TINY)
     cfg = replace(TINY_TRAIN, batch_size=16, lr=3e-3)
-    batch = ev.training_batch(0, cfg)
-    optimizer = ev.make_optimizer(model, cfg)
+    batch = evt.training_batch(0, cfg)
+    optimizer = evt.make_optimizer(model, cfg)
     model.eval()
     with torch.no_grad():
-        before = ev.evaluator_loss(model, batch)[0].item()
+        before = evt.evaluator_loss(model, batch)[0].item()
     for _ in range(3):
-        ev.train_step(model, optimizer, batch, cfg.lr, cfg.attribute_weight)
+        evt.train_step(model, optimizer, batch, cfg.lr, cfg.attribute_weight)
     model.eval()
     with torch.no_grad():
-        after = ev.evaluator_loss(model, batch)[0].item()
+        after = evt.evaluator_loss(model, batch)[0].item()
     assert after < before
 
 
 def test_training_batch_labels_and_masks():
     cfg = replace(TINY_TRAIN, batch_size=16, hard_negative_fraction=0.25)
-    batch = ev.training_batch(5, cfg)
-    again = ev.training_batch(5, cfg)
+    batch = evt.training_batch(5, cfg)
+    again = evt.training_batch(5, cfg)
     assert torch.equal(batch["images"], again["images"])  # a batch is a function of its step: resuming is exact
     assert batch["images"].shape == (16, 3, 64, 64) and batch["images"].abs().max() <= 1
     # the last quarter are hard negatives: labelled photo + human, no attribute supervision
@@ -123,10 +129,10 @@ def test_training_batch_labels_and_masks():
 
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
     straight = tmp_path / "straight.pt"
-    ev.train(straight, TINY_TRAIN, TINY, progress=False)
+    evt.train(straight, TINY_TRAIN, TINY, progress=False)
 
     resumed = tmp_path / "resumed.pt"
-    real_step = ev.train_step
+    real_step = evt.train_step
     calls = {"n": 0}
 
     def dying_step(*args, **kwargs):
@@ -135,13 +141,13 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
             raise KeyboardInterrupt  # killed after the step-2 checkpoint
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(ev, "train_step", dying_step)
+    monkeypatch.setattr(evt, "train_step", dying_step)
     with pytest.raises(KeyboardInterrupt):
-        ev.train(resumed, TINY_TRAIN, TINY, progress=False)
-    assert not resumed.exists() and ev.resume_path(resumed).exists()
-    monkeypatch.setattr(ev, "train_step", real_step)
-    ev.train(resumed, TINY_TRAIN, TINY, progress=False)
-    assert not ev.resume_path(resumed).exists()
+        evt.train(resumed, TINY_TRAIN, TINY, progress=False)
+    assert not resumed.exists() and evt.resume_path(resumed).exists()
+    monkeypatch.setattr(evt, "train_step", real_step)
+    evt.train(resumed, TINY_TRAIN, TINY, progress=False)
+    assert not evt.resume_path(resumed).exists()
 
     a = torch.load(straight, weights_only=True)["state_dict"]
     b = torch.load(resumed, weights_only=True)["state_dict"]
@@ -155,31 +161,31 @@ def test_frechet_distance_is_zero_for_identical_sets_and_matches_torch_fidelity(
     rng = np.random.default_rng(0)
     feats_a = rng.normal(size=(300, 12))
     feats_b = rng.normal(loc=0.3, scale=1.2, size=(250, 12))
-    assert abs(ev.frechet_distance(feats_a, feats_a)) < 1e-8
-    ours = ev.frechet_distance(feats_a, feats_b)
+    assert abs(frechet_distance(feats_a, feats_a)) < 1e-8
+    ours = frechet_distance(feats_a, feats_b)
     theirs = fid_statistics_to_metric(
         fid_features_to_statistics(torch.from_numpy(feats_a)), fid_features_to_statistics(torch.from_numpy(feats_b)),
         verbose=False,
     )["frechet_inception_distance"]
     assert ours > 0.5
     assert math.isclose(ours, theirs, rel_tol=1e-3)
-    with pytest.raises(ev.EvaluatorError):
-        ev.frechet_distance(feats_a, feats_b[:, :5])
+    with pytest.raises(FeatureShapeError):
+        frechet_distance(feats_a, feats_b[:, :5])
 
 
 def test_feature_extractor_registers_and_reads_uint8(tiny_file):
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
     from torch_fidelity.utils import create_feature_extractor
 
-    assert ev.FEATURE_EXTRACTOR_NAME in FEATURE_EXTRACTORS_REGISTRY
-    ev.register_feature_extractor()  # idempotent: importing twice must not fail
+    assert evf.FEATURE_EXTRACTOR_NAME in FEATURE_EXTRACTORS_REGISTRY
+    evf.register_feature_extractor()  # idempotent: importing twice must not fail
     extractor = create_feature_extractor(
-        ev.FEATURE_EXTRACTOR_NAME, [ev.PENULTIMATE], cuda=False, feature_extractor_weights_path=str(tiny_file)
+        evf.FEATURE_EXTRACTOR_NAME, [evf.PENULTIMATE], cuda=False, feature_extractor_weights_path=str(tiny_file)
     )
-    images = ev.to_uint8(render(showcase_attributes(), "photo", "human"))
+    images = evf.to_uint8(render(showcase_attributes(), "photo", "human"))
     (features,) = extractor(images)
     assert features.shape == (6, TINY.feature_dim)
-    expected = ev.load_evaluator(tiny_file).features(ev.from_uint8(images))
+    expected = evm.load_evaluator(tiny_file).features(evf.from_uint8(images))
     torch.testing.assert_close(features.float(), expected)
 
 
@@ -187,16 +193,16 @@ def test_torch_fidelity_fid_agrees_with_direct_frechet_distance(tiny_file):
     import torch_fidelity
 
     attrs = sample_attributes(80, torch.Generator().manual_seed(11))
-    photos = ev.to_uint8(render(attrs, "photo", "human"))
-    sketches = ev.to_uint8(render(attrs, "sketch", "human"))
+    photos = evf.to_uint8(render(attrs, "photo", "human"))
+    sketches = evf.to_uint8(render(attrs, "sketch", "human"))
     metrics = torch_fidelity.calculate_metrics(
-        input1=ev.UInt8ImageDataset(photos), input2=ev.UInt8ImageDataset(sketches), fid=True, kid=True,
-        kid_subset_size=40, kid_subsets=10, feature_extractor=ev.FEATURE_EXTRACTOR_NAME,
+        input1=evf.UInt8ImageDataset(photos), input2=evf.UInt8ImageDataset(sketches), fid=True, kid=True,
+        kid_subset_size=40, kid_subsets=10, feature_extractor=evf.FEATURE_EXTRACTOR_NAME,
         feature_extractor_weights_path=str(tiny_file), cuda=False, save_cpu_ram=True, cache=False, verbose=False,
         batch_size=32,
     )
-    model = ev.load_evaluator(tiny_file)
-    direct = ev.frechet_distance(model.features(ev.from_uint8(photos)), model.features(ev.from_uint8(sketches)))
+    model = evm.load_evaluator(tiny_file)
+    direct = frechet_distance(model.features(evf.from_uint8(photos)), model.features(evf.from_uint8(sketches)))
     assert direct > 0
     assert math.isclose(metrics["frechet_inception_distance"], direct, rel_tol=1e-3)
     assert "kernel_inception_distance_mean" in metrics
@@ -210,11 +216,11 @@ def test_cli_reports_missing_weights_with_exit_2(tmp_path, capsys):
     assert not (tmp_path / "r.json").exists()
 
 
-@pytest.mark.skipif(not ev.DEFAULT_WEIGHTS.is_file(), reason="shipped evaluator.pt not trained yet")
+@pytest.mark.skipif(not evm.DEFAULT_WEIGHTS.is_file(), reason="shipped evaluator.pt not trained yet")
 def test_shipped_evaluator_reads_fixed_renders_and_hard_negatives():
     from replication.miniworld.augment import hard_negatives
 
-    model = ev.load_evaluator()
+    model = evm.load_evaluator()
     attrs = showcase_attributes()
     domains = [("photo", "human"), ("sketch", "zombie"), ("pixel art", "werewolf"), ("comic", "elf"),
                ("watercolor", "clown"), ("neon", "human"), ("photo", "zombie"), ("sketch", "human")]

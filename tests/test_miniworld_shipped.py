@@ -78,6 +78,7 @@ def test_truth_clip_dir_scores_the_true_target_like_an_adapted_generator():
     from replication.miniworld.truth import mini_shift
 
     evaluator, kind = load_evaluator(), mini_shift("photo", "sketch")
+    drawn = (x_src, x_tgt)  # scorers handed images drawn once give exactly the numbers of their own draws
     assert score_shift(G_src, G_tgt, evaluator, kind, z, images=drawn) == score_shift(G_src, G_tgt, evaluator, kind, z)
 
 

@@ -195,4 +195,3 @@ def ada_discriminator(obj: Any, what: str) -> tuple[DiscriminatorConfig, dict[st
     state = finish(src, target, expected, what)
     epilogue = dict(init.get("epilogue_kwargs") or {})
     return cfg, state, {"ada_mbstd_group_size": epilogue.get("mbstd_group_size", 4)}
-

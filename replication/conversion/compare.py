@@ -23,6 +23,7 @@ def compare_with_tf_render(converted_pt: str | os.PathLike, npz: str | os.PathLi
     ``d_scores`` [N, 1] (TF's D on the TF images, in chunks of ``d_chunk``), compared with our converted D on the same
     images, and ``images_unfused`` (TF's non-fused render), whose distance to ``images`` is reported. Truncation uses
     the checkpoint's ``latent_avg`` (TF's ``dlatent_avg``), exactly as Gs.run(..., truncation_psi=psi) does.
+    From the shell: ``python -m replication.convert --compare-npz tf_render.npz converted.pt [grid.png]``.
     """
     generator, ckpt = load_generator(converted_pt)
     with np.load(npz, allow_pickle=False) as data:
@@ -93,4 +94,3 @@ def _write_grid(images: torch.Tensor, n_cols: int, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-

@@ -197,4 +197,3 @@ def tf_discriminator(net: TFNetworkState, what: str) -> tuple[DiscriminatorConfi
     kernel_buffers(target, expected, cfg.blur_kernel, 1.0)
     state = finish(src, target, expected, what)
     return cfg, state, {"tf_mbstd_group_size": kwargs.get("mbstd_group_size", 4)}
-

@@ -43,6 +43,13 @@ def hue_name(hue: float) -> str:
     return min(HUE_NAMES, key=lambda anchor: abs(anchor[0] - hue % 1.0))[1]
 
 
+def caption_subject(character: str, adjective: str = "", clause: str = "") -> str:
+    """The subject of a caption, e.g. "a smiling zombie", "an elf with glasses"."""
+    article = "a" if adjective else ARTICLES[character]
+    words = " ".join(w for w in (article, adjective, character) if w)
+    return f"{words} with {clause}" if clause else words
+
+
 def _caption_from_draws(row: Tensor, style: str, character: str, draws: Sequence[float] | None) -> str:
     """Caption of one attribute row; draws=None gives the single deterministic, most complete caption."""
 

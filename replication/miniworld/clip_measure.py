@@ -21,10 +21,9 @@ from replication.miniworld.attributes import (
     sample_attributes,
 )
 from replication.miniworld.augment import HARD_NEGATIVE_KINDS, augment, hard_negatives
-from replication.miniworld.captions import STYLE_FORMS
+from replication.miniworld.captions import STYLE_FORMS, caption_subject
 from replication.miniworld.clip_losses import GEOMETRY_ATTRIBUTES, attribute_targets, in_source_colours
 from replication.miniworld.clip_recipe import target_domains
-from replication.miniworld.clip_training import caption_subject
 from replication.miniworld.data import HELDOUT_SEED_BASE, heldout_set
 from replication.miniworld.readout import ridge_readout_r2
 from replication.miniworld.render import render

@@ -22,7 +22,7 @@ from replication.miniworld.attributes import (
     sample_attributes,
 )
 from replication.miniworld.augment import HARD_NEGATIVE_KINDS, augment, hard_negatives
-from replication.miniworld.captions import ARTICLES, STYLE_FORMS
+from replication.miniworld.captions import STYLE_FORMS, caption_subject
 from replication.miniworld.clip_losses import (
     COLOUR_ANCHOR_ATTRIBUTES,
     GEOMETRY_ATTRIBUTES,
@@ -59,13 +59,6 @@ COLOUR_EDIT_KINDS = ("colour_shift", "greyscale", "tint")
 SMILE_BANDS: tuple[tuple[str, float, float], ...] = (("smiling", SMILING_THRESHOLD, 1.0),
                                                      ("", FROWNING_THRESHOLD, SMILING_THRESHOLD),
                                                      ("frowning", 0.0, FROWNING_THRESHOLD))
-
-
-def caption_subject(character: str, adjective: str = "", clause: str = "") -> str:
-    """The subject of a caption, e.g. "a smiling zombie", "an elf with glasses"."""
-    article = "a" if adjective else ARTICLES[character]
-    words = " ".join(w for w in (article, adjective, character) if w)
-    return f"{words} with {clause}" if clause else words
 
 
 def training_batch(config: ClipTrainConfig, step: int) -> dict[str, Any]:

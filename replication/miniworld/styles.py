@@ -1,4 +1,4 @@
-"""The mini world's six style painters: each turns a Scene into float images [n, 3, H, W] in [0, 1]."""
+"""The mini world's six style painters: each turns a Scene into float images [n, 3, H, W] (render clamps to [0, 1])."""
 
 from __future__ import annotations
 
