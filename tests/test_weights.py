@@ -191,3 +191,22 @@ def test_cli_verify_wrong_hash_exits_2_with_one_line(tmp_path, monkeypatch):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "0" * 64 in lines[0]
     assert hashlib.sha256(b"whatever").hexdigest() in lines[0]
+
+
+WEIGHT_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt", ".npz", ".safetensors", ".bin")
+
+
+def test_every_weight_in_the_tree_has_a_registry_sha256():
+    """Keep git small and honest: a weight file in the repository is a registry entry whose sha256 it matches."""
+    from replication.runio import REPO_ROOT
+
+    listed = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    tracked = sorted(p for p in listed.stdout.splitlines() if p.endswith(WEIGHT_SUFFIXES))
+    registered = {e.repo_path: e for e in weights.registry().values() if e.repo_path}
+    assert tracked, "the shipped mini-world weights should be tracked"
+    unregistered = [p for p in tracked if p not in registered or not registered[p].sha256]
+    assert not unregistered, f"weights without a registry sha256 in env/weights.toml: {unregistered}"
+    for path in tracked:
+        assert weights.file_sha256(REPO_ROOT / path) == registered[path].sha256, path
