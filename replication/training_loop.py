@@ -30,6 +30,12 @@ class RunConflictError(ValueError):
     """The run directory already holds a run with a different configuration."""
 
 
+def _what_trains(resolved: dict) -> dict:
+    """A resolved run config without the evaluation latents: scoring more of them changes no trained weight."""
+    task = {k: v for k, v in resolved.get("task", {}).items() if k != "eval_seeds"}
+    return {**resolved, "task": task}
+
+
 @dataclass
 class StepContext:
     """What one training step needs besides the two generators; built once per run."""
@@ -172,7 +178,7 @@ def run_nada(G_src: Generator, shift: ShiftConfig, ctx: StepContext, seed: int, 
     resolved = {"method": method, "mode": cfg.mode, "seed": seed, **to_dict(shift)}
     config_path = run_dir / "config.json"
     if config_path.exists():
-        if json.loads(config_path.read_text()) != json.loads(json.dumps(resolved)):
+        if _what_trains(json.loads(config_path.read_text())) != _what_trains(json.loads(json.dumps(resolved))):
             raise RunConflictError(f"{run_dir} holds a run with a different configuration; "
                                    "choose another --outdir or delete that folder")
     G_tgt = copy.deepcopy(G_src)

@@ -93,10 +93,10 @@ def test_figure_pools_each_headline_metric_without_its_source_reference():
 
 def test_stale_scores_are_found_by_scorer_sha256(tmp_path):
     """A run scored by other evaluator / eval-CLIP weights is stale (make replicate warns, --rerun-stale redoes it)."""
-    from replication.pipeline.scoring import MINI_SCORERS, scorer_sha256, scores_are_current, write_metrics
+    from replication.pipeline.scoring import scorer_sha256, scores_are_current, write_metrics
 
     current = scorer_sha256()
-    assert set(current) == set(MINI_SCORERS) and all(len(v) == 64 for v in current.values())
+    assert set(current) == {"mini-evaluator", "mini-clip-b"} and all(len(v) == 64 for v in current.values())
     assert not scores_are_current(tmp_path, current)  # never scored
     write_metrics(tmp_path, [{"metric": "m", "value": 1.0, "scorers": current}])
     assert scores_are_current(tmp_path, current)
@@ -132,18 +132,19 @@ def test_rescore_scores_a_finished_run_again_without_training(tmp_path):
 
     from replication.config import load_shift
     from replication.pipeline.replicate import can_rescore, run_one
-    from replication.pipeline.scoring import LazyMiniScorer
+    from metrics.scoring import ScoringSettings
+    from replication.pipeline.scoring import LazyScorers
 
     torch.set_num_threads(1)
-    scorer = LazyMiniScorer()
+    scorer = LazyScorers({"mini": ScoringSettings(n_clip=8, n_lpips=10, n_fid=8)})
     shift = load_shift("mini--sketch")
-    run_dir = run_one("mini--sketch", "source", 0, tmp_path, torch.device("cpu"), n_eval=8, progress=False, scorer=scorer)
+    run_dir = run_one("mini--sketch", "source", 0, tmp_path, torch.device("cpu"), progress=False, scorers=scorer)
     metrics = run_dir / "metrics.jsonl"
     first = metrics.read_text()
     assert "truth_clip_dir_miniclipb_n8" in first and "train_truth_clip_dir_miniclipa_n8" in first
     metrics.write_text('{"metric": "old", "value": 0.0}\n')  # scored by an older metric set
-    run_one("mini--sketch", "source", 0, tmp_path, torch.device("cpu"), n_eval=8, progress=False, scorer=scorer)
+    run_one("mini--sketch", "source", 0, tmp_path, torch.device("cpu"), progress=False, scorers=scorer)
     assert "old" in metrics.read_text()  # a finished run is kept as it is ...
     assert can_rescore(run_dir, shift, "source") and not can_rescore(run_dir, shift, "nada")  # nada: no G_tgt.pt
-    run_one("mini--sketch", "source", 0, tmp_path, torch.device("cpu"), n_eval=8, progress=False, scorer=scorer, rescore=True)
+    run_one("mini--sketch", "source", 0, tmp_path, torch.device("cpu"), progress=False, scorers=scorer, rescore=True)
     assert metrics.read_text() == first  # ... unless asked to rescore, which reproduces the scores exactly

@@ -20,7 +20,8 @@ from replication.checkpoint import CheckpointError
 from replication.clip_models import ClipModelError, PromptError
 from replication.config import ConfigError, available_shifts, load_shift
 from replication.nada import GeneratorNotFound, load_source, run_weight_sha256
-from replication.pipeline.scoring import LazyMiniScorer, score_run, scorer_sha256, scores_are_current
+from metrics.scoring import ScoringError, check_settings
+from replication.pipeline.scoring import LazyScorers, check_eval_clip, score_and_write, scorer_sha256, scores_are_current, settings_for
 from replication.pipeline.train import run_dir_for
 from replication.runio import REPO_ROOT, is_done
 from replication.training_loop import FINAL_NAME
@@ -55,20 +56,21 @@ def trained_on_current_weights(run_dir: Path, shift) -> bool:
 
 
 def run_is_current(run_dir: Path, shift) -> bool:
-    """A finished mini run is current when it was trained on today's generator and guidance CLIP files (env.json)
-    and scored by today's evaluator and evaluation CLIP (metrics.jsonl)."""
-    return trained_on_current_weights(run_dir, shift) and scores_are_current(run_dir, scorer_sha256())
+    """A finished run is current when it was trained on today's generator and guidance CLIP files (env.json) and
+    scored by today's scoring weights (metrics.jsonl)."""
+    return (trained_on_current_weights(run_dir, shift)
+            and scores_are_current(run_dir, scorer_sha256(shift.task.world)))
 
 
 def can_rescore(run_dir: Path, shift, method: str) -> bool:
-    """A finished mini run can be scored again without training when it was trained on today's weights and its final
+    """A finished run can be scored again without training when it was trained on today's weights and its final
     generator is still on disk (runs keep it locally; a clone has only the samples) or it is the source baseline."""
-    return (shift.task.world == "mini" and trained_on_current_weights(run_dir, shift)
+    return (trained_on_current_weights(run_dir, shift)
             and (method == "source" or (Path(run_dir) / "checkpoints" / FINAL_NAME).is_file()))
 
 
-def run_one(shift_name: str, method: str, seed: int, outdir: Path, device: torch.device, n_eval: int,
-            progress: bool, scorer: LazyMiniScorer, rerun_stale: bool = False, rescore: bool = False) -> Path:
+def run_one(shift_name: str, method: str, seed: int, outdir: Path, device: torch.device, progress: bool,
+            scorers: LazyScorers, rerun_stale: bool = False, rescore: bool = False) -> Path:
     """Train and score one run; a finished run is kept, unless its scores are stale and rerun_stale is set, or
     rescore is set and it can be scored again from its saved final generator (new metrics, no retraining)."""
     shift = load_shift(shift_name)
@@ -82,8 +84,7 @@ def run_one(shift_name: str, method: str, seed: int, outdir: Path, device: torch
         shutil.rmtree(run_dir)
     G_src, latent_avg, shas = load_source(shift, device)
     G_tgt = METHODS[method](G_src, shift, seed, run_dir, weights_sha256=shas, progress=progress, latent_avg=latent_avg)
-    if shift.task.world == "mini":
-        score_run(run_dir, shift, G_src, G_tgt, scorer.get(), n_eval)
+    score_and_write(run_dir, shift, G_src, G_tgt, scorers.for_shift(shift), progress)
     return run_dir
 
 
@@ -96,14 +97,19 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"default: {' '.join(DEFAULT_METHODS)} (and {' '.join(MINI_EXTRA_METHODS)} on the mini world)")
     p.add_argument("--seeds", nargs="*", type=int, default=list(DEFAULT_SEEDS))
     p.add_argument("--outdir", type=Path, default=REPO_ROOT / "results" / "runs")
-    p.add_argument("--n-eval", type=int, default=500, help="evaluation latents per run")
+    p.add_argument("--n-eval", type=int, default=None,
+                   help="latents of the CLIP scores and the mini world's ground truth (default 500)")
+    p.add_argument("--fid-references", type=Path,
+                   help="paper world: a folder with one folder of real target images per shift (<dir>/<shift>/)")
+    p.add_argument("--eval-clip", help="the evaluation CLIP (default: ViT-L/14 paper, mini-clip-b mini); it must "
+                                       "not guide any run it judges")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--rerun-stale", action="store_true",
                    help="re-run finished mini runs trained or scored with other weights than the registry's")
     p.add_argument("--rescore", action="store_true",
-                   help="score finished mini runs again from their saved final generator (after a metric is added)")
+                   help="score finished runs again from their saved final generator (after a metric is added)")
     args = p.parse_args(argv)
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -113,20 +119,25 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise ConfigError(f"unknown method(s) {unknown}; known: {sorted(METHODS)}")
         shifts = args.shifts or world_shifts(args.world)
-        for shift_name in shifts:  # a method that cannot run on a shift fails here, before anything trains
+        settings = {world: settings_for(world, n_clip=args.n_eval) for world in ("mini", "paper")}
+        scorers = LazyScorers(settings, args.eval_clip, args.fid_references)  # each loaded at its first use
+        loaded = [load_shift(name) for name in shifts]
+        check_eval_clip(args.eval_clip, loaded)
+        for shift in loaded:  # a method or a scorer that cannot take a shift fails here, before anything trains
+            check_settings(scorers.settings(shift.task.world), shift)
             for method in args.methods:
-                check_method(method, load_shift(shift_name))
+                check_method(method, shift)
         jobs = [(s, m, k) for s in shifts for m in args.methods for k in args.seeds]
         stale: list[str] = []
-        scorer = LazyMiniScorer()  # loaded once, at the first mini run that needs scoring
         for i, (shift_name, method, seed) in enumerate(jobs):
             print(f"[{i + 1}/{len(jobs)}] {shift_name} {method} seed{seed}", flush=True)
-            run_dir = run_one(shift_name, method, seed, args.outdir, device, args.n_eval, not args.no_progress,
-                              scorer, args.rerun_stale, args.rescore)
+            run_dir = run_one(shift_name, method, seed, args.outdir, device, not args.no_progress, scorers,
+                              args.rerun_stale, args.rescore)
             shift = load_shift(shift_name)
             if shift.task.world == "mini" and not run_is_current(run_dir, shift):
                 stale.append(str(run_dir))
-    except (ConfigError, CheckpointError, ClipModelError, PromptError, GeneratorNotFound, WeightError) as exc:
+    except (ConfigError, CheckpointError, ClipModelError, PromptError, GeneratorNotFound, WeightError,
+            ScoringError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if stale:

@@ -1,31 +1,112 @@
-"""Build the mini world's scorer once, score finished runs with it, and tell which stored scores are stale."""
+"""Build each world's scorer once from the weight registry, score finished runs with it, tell stale scores."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
-from metrics.scoring import EVAL_CLIP_MINI, MiniScorer, score_mini_run
+from metrics.fidelity import evaluator_backbone as fidelity_evaluator_backbone
+from metrics.fidelity import inception_backbone
+from metrics.intra_lpips import evaluator_backbone as perceptual_evaluator_backbone
+from metrics.intra_lpips import lpips_vgg_backbone, lpips_vgg_model
+from metrics.scoring import Scorer, ScoringError, ScoringSettings, score_run
 from replication import weights
 from replication.clip_models import load_clip
 from replication.config import ShiftConfig
 from replication.miniworld.evaluator import load_evaluator
-from replication.runio import atomic_write_text
+from replication.runio import REPO_ROOT, atomic_write_text
 
 EVALUATOR = "mini-evaluator"
-MINI_SCORERS = (EVALUATOR, EVAL_CLIP_MINI)  # the models a mini run's scores depend on, besides the run itself
+EVAL_CLIP = {"mini": "mini-clip-b", "paper": "ViT-L/14"}  # the default held-out judge of CLIP scores
 MINI_CLIPS = ("mini-clip-a", "mini-clip-b")  # every CLIP a mini run may be guided by, and the evaluation CLIP
+INCEPTION, VGG16 = "inception-v3-fid", "vgg16-lpips"
+SETTINGS = {"mini": ScoringSettings(n_clip=500, n_lpips=1000, n_fid=1000),
+            "paper": ScoringSettings(n_clip=500, n_lpips=1000, n_fid=5000)}
+CACHE_DIR = REPO_ROOT / "cache" / "fidelity"
 
 
-def scorer_sha256() -> dict[str, str]:
-    """sha256 of every registry model that scores mini runs; stored in each metrics row so stale scores are found."""
-    return {name: weights.verify(name) for name in MINI_SCORERS}
+def file_sha(name_or_path: str) -> str:
+    """sha256 of a registry weight (hash-checked) or of a weight file given by path."""
+    path = Path(name_or_path)
+    return weights.file_sha256(path) if path.is_file() else weights.verify(name_or_path)
 
 
-def build_mini_scorer() -> MiniScorer:
-    """Load the evaluator and the mini CLIPs from the registry (sha256 checked) into one scorer."""
-    return MiniScorer(evaluator=load_evaluator(weights.resolve(EVALUATOR)),
-                      clips={name: load_clip(name) for name in MINI_CLIPS}, eval_clip=EVAL_CLIP_MINI,
-                      weights_sha256=scorer_sha256())
+def scorer_sha256(world: str = "mini", eval_clip: str | None = None) -> dict[str, str]:
+    """sha256 of the weights that judge a world's runs; stored in each metrics row so stale scores are found."""
+    eval_clip = eval_clip or EVAL_CLIP[world]
+    names = (EVALUATOR, eval_clip) if world == "mini" else (INCEPTION, VGG16, eval_clip)
+    return {name: file_sha(name) for name in names}
+
+
+def settings_for(world: str, *, fid_reference: str | None = None, n_lpips: int | None = None,
+                 n_fid: int | None = None, n_clip: int | None = None) -> ScoringSettings:
+    """A world's default sample counts with the caller's overrides; a missing FID reference folder is an error."""
+    if fid_reference is not None and not Path(fid_reference).is_dir():
+        raise ScoringError(f"FID reference folder {fid_reference} does not exist; pass a folder of real target-domain "
+                           f"images with --fid-reference")
+    base = SETTINGS[world]
+    return replace(base, n_lpips=n_lpips or base.n_lpips, n_fid=n_fid or base.n_fid, n_clip=n_clip or base.n_clip,
+                   fid_reference=None if fid_reference is None else str(fid_reference), cache_dir=str(CACHE_DIR))
+
+
+def build_scorer(world: str, settings: ScoringSettings | None = None, eval_clip: str | None = None) -> Scorer:
+    """Load a world's scoring models from the registry (sha256 checked; never a download) into one Scorer."""
+    settings = settings or settings_for(world)
+    eval_clip = eval_clip or EVAL_CLIP[world]
+    shas = scorer_sha256(world, eval_clip)
+    if world == "mini":
+        evaluator_path = weights.resolve(EVALUATOR)
+        evaluator = load_evaluator(evaluator_path)
+        return Scorer(world="mini", eval_clip=eval_clip, clips={name: load_clip(name) for name in
+                                                                 dict.fromkeys((*MINI_CLIPS, eval_clip))},
+                      fidelity=fidelity_evaluator_backbone(evaluator_path, shas[EVALUATOR]),
+                      perceptual=perceptual_evaluator_backbone(evaluator), settings=settings, evaluator=evaluator,
+                      weights_sha256=shas)
+    return Scorer(world="paper", eval_clip=eval_clip, clips={eval_clip: load_clip(eval_clip)},
+                  fidelity=inception_backbone(weights.resolve(INCEPTION), shas[INCEPTION]),
+                  perceptual=lpips_vgg_backbone(lpips_vgg_model(weights.resolve(VGG16))), settings=settings,
+                  weights_sha256=shas)
+
+
+def check_eval_clip(eval_clip: str | None, shifts: list[ShiftConfig]) -> None:
+    """An evaluation CLIP named by the user must not have guided any run it is asked to judge."""
+    if eval_clip is None:
+        return
+    for shift in shifts:
+        guided = [n for n, w in zip(shift.nada.clip_models, shift.nada.clip_model_weights) if w > 0]
+        if eval_clip in guided:
+            raise ScoringError(f"evaluation CLIP {eval_clip!r} guides {shift.task.name} ({guided}); a judge must be "
+                               f"held out: choose another --eval-clip")
+
+
+class LazyScorers:
+    """One scorer per world, built at its first use and then reused by every run of a replicate or sweep call.
+
+    `fid_references`: a folder holding one folder of real target-domain images per paper shift (<dir>/<shift>/);
+    a paper shift without one is scored without FID/KID.
+    """
+
+    def __init__(self, settings: dict[str, ScoringSettings] | None = None, eval_clip: str | None = None,
+                 fid_references: Path | None = None) -> None:
+        if fid_references is not None and not Path(fid_references).is_dir():
+            raise ScoringError(f"FID reference folder {fid_references} does not exist; pass a folder holding one "
+                               f"folder of real images per paper shift")
+        self._settings = {world: (settings or {}).get(world) or settings_for(world) for world in SETTINGS}
+        self._eval_clip, self._fid_references = eval_clip, fid_references
+        self._scorers: dict[str, Scorer] = {}
+
+    def settings(self, world: str) -> ScoringSettings:
+        return self._settings[world]
+
+    def for_shift(self, shift: ShiftConfig) -> Scorer:
+        world = shift.task.world
+        if world not in self._scorers:
+            self._scorers[world] = build_scorer(world, self._settings[world], self._eval_clip)
+        scorer = self._scorers[world]
+        folder = None if self._fid_references is None else Path(self._fid_references) / shift.task.name
+        if world == "paper" and folder is not None and folder.is_dir():
+            scorer = replace(scorer, settings=replace(scorer.settings, fid_reference=str(folder)))
+        return scorer
 
 
 def scores_are_current(run_dir: Path, current: dict[str, str]) -> bool:
@@ -41,18 +122,6 @@ def write_metrics(run_dir: Path, rows: list[dict]) -> None:
     atomic_write_text(Path(run_dir) / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
-class LazyMiniScorer:
-    """The mini scorer, built on first use and then reused by every run of a replicate or sweep call."""
-
-    def __init__(self) -> None:
-        self._scorer: MiniScorer | None = None
-
-    def get(self) -> MiniScorer:
-        if self._scorer is None:
-            self._scorer = build_mini_scorer()
-        return self._scorer
-
-
-def score_run(run_dir: Path, shift: ShiftConfig, G_src, G_tgt, scorer: MiniScorer, n_eval: int) -> None:
-    """Score a finished mini run on the CPU (where the scorer models and the evaluation latents live)."""
-    write_metrics(run_dir, score_mini_run(scorer, G_src.cpu(), G_tgt.eval().cpu(), shift, n=n_eval))
+def score_and_write(run_dir: Path, shift: ShiftConfig, G_src, G_tgt, scorer: Scorer, progress: bool = True) -> None:
+    """Score a finished run on the CPU (where the scorer models and the evaluation latents live)."""
+    write_metrics(run_dir, score_run(scorer, G_src.cpu(), G_tgt.eval().cpu(), shift, progress=progress))

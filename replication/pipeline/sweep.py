@@ -30,7 +30,8 @@ from replication.config import ConfigError, load_shift
 from replication.losses import GuidanceError
 from replication.nada import adapt, load_source
 from replication.pipeline.replicate import run_is_current
-from replication.pipeline.scoring import LazyMiniScorer, score_run
+from metrics.scoring import ScoringError, check_settings
+from replication.pipeline.scoring import LazyScorers, score_and_write, settings_for
 from replication.pipeline.train import run_dir_for
 from replication.runio import REPO_ROOT, atomic_write_text, is_done
 from replication.weights import WeightError
@@ -109,8 +110,8 @@ def load_sweep(path: Path) -> Sweep:
     return sweep
 
 
-def run_variant(sweep: Sweep, shift_name: str, variant: Variant, seed: int, outdir: Path, scorer: LazyMiniScorer, *,
-                progress: bool = True, device: torch.device = torch.device("cpu"), rerun_stale: bool = False) -> Path:
+def run_variant(sweep: Sweep, shift_name: str, variant: Variant, seed: int, outdir: Path, scorers: LazyScorers,
+                *, progress: bool = True, device: torch.device = torch.device("cpu"), rerun_stale: bool = False) -> Path:
     """Train (or keep) and score one run of the sweep; returns its run folder. A finished run is kept unless
     rerun_stale is set and it was trained or scored with other weights than the registry's."""
     shift = load_shift(shift_name, {"nada": variant.nada})
@@ -127,7 +128,7 @@ def run_variant(sweep: Sweep, shift_name: str, variant: Variant, seed: int, outd
     else:
         G_tgt = METHODS[variant.method](G_src, shift, seed, run_dir, weights_sha256=shas, progress=progress,
                                         latent_avg=latent_avg)
-    score_run(run_dir, shift, G_src, G_tgt, scorer.get(), sweep.n_eval)
+    score_and_write(run_dir, shift, G_src, G_tgt, scorers.for_shift(shift), progress)
     return run_dir
 
 
@@ -237,14 +238,16 @@ def main(argv: list[str] | None = None) -> int:
                               f"{[v.name for v in sweep.variants]}")
         jobs = [(s, v, k) for s in sweep.shifts for v in chosen for k in sweep.seeds]
         stale: list[str] = []
-        scorer = LazyMiniScorer()  # loaded once, at the first run that needs scoring
+        scorers = LazyScorers({"mini": settings_for("mini", n_clip=sweep.n_eval)})  # loaded at first use
+        for shift_name in sweep.shifts:
+            check_settings(scorers.settings("mini"), load_shift(shift_name))
         for i, (shift_name, variant, seed) in enumerate(jobs):
             print(f"[{i + 1}/{len(jobs)}] {shift_name} {variant.name} seed{seed}", flush=True)
-            run_dir = run_variant(sweep, shift_name, variant, seed, args.outdir, scorer,
+            run_dir = run_variant(sweep, shift_name, variant, seed, args.outdir, scorers,
                                   progress=not args.no_progress, device=device, rerun_stale=args.rerun_stale)
             if not run_is_current(run_dir, load_shift(shift_name, {"nada": variant.nada})):
                 stale.append(str(run_dir))
-    except (ConfigError, CheckpointError, ClipModelError, GuidanceError, WeightError) as exc:
+    except (ConfigError, CheckpointError, ClipModelError, GuidanceError, WeightError, ScoringError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if stale:
