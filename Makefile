@@ -12,7 +12,7 @@ SHIFTS ?=
 METHODS ?=
 SEEDS ?=
 
-.PHONY: env env-legacy test convert crosscheck replicate figures collect bench bench-recipes mini-world mini-world-clip-a \
+.PHONY: env env-legacy test convert crosscheck replicate metrics bench-scoring figures collect bench bench-recipes mini-world mini-world-clip-a \
 	mini-world-clip-b mini-world-evaluator mini-world-generator mini-measure clean-env help
 
 help:
@@ -23,11 +23,13 @@ help:
 	@echo "                 RESCORE=1 scores finished mini runs again from their saved final generator (new metrics)"
 	@echo "make -j2 mini-world  retrain the four shipped mini-world models (resumable; one thread per model)"
 	@echo "make mini-measure  re-measure the shipped mini-world models -> results/mini_world/"
+	@echo "make metrics RUN=<run folder> [FID_REFERENCE=<folder>]  score finished runs again (FID/KID, LPIPS, CLIP, truth)"
 	@echo "make figures     redraw paper_figures/out/ from results/ only"
 	@echo "make test        build the trainer environment (.venv) if needed and run the CPU test suite"
 	@echo "make convert     convert every official generator found in the weight cache into our checkpoint format"
 	@echo "make bench       seconds per training step and peak memory -> results/bench/"
 	@echo "make bench-recipes  each mini-world recipe's time on two threads, stage by stage -> results/bench/"
+	@echo "make bench-scoring  seconds to score one mini run with every metric -> results/bench/mini-scoring-cpu.json"
 	@echo "make env         build only the trainer environment"
 	@echo "make crosscheck NVIDIA_TF_REPO=...  build a tiny official TF StyleGAN2 with NVIDIA's code, convert it, compare renders"
 	@echo "make env-legacy  build the legacy TensorFlow 1.15 converter environment (Python 3.7) in .venv-legacy"
@@ -109,6 +111,16 @@ mini-measure: env
 	$(PY) -m replication.miniworld.train_clip --measure --name clip_b
 	$(PY) -m replication.miniworld.evaluator measure
 	$(PY) -m replication.miniworld.train_generator measure
+
+metrics: env
+	@if [ -z "$(RUN)" ]; then echo "error: pass RUN=<finished run folder> (several: RUN=\"a b\"); FID_REFERENCE=<folder> for a paper run's FID" >&2; exit 2; fi
+	$(PY) -m replication.pipeline.score $(RUN) $(if $(FID_REFERENCE),--fid-reference $(FID_REFERENCE))
+
+# Seconds to score one mini run with every metric (1,000 samples), after training it into artifacts/ (git-ignored).
+bench-scoring: env
+	$(PY) -m replication.pipeline.train --shift mini--zombie --seed 0 --outdir artifacts/bench-runs --no-progress
+	$(PY) -m replication.pipeline.score artifacts/bench-runs/mini/mini--zombie/nada/seed0 --threads 2 --no-progress \
+		--bench results/bench/mini-scoring-cpu.json
 
 collect: env
 	$(PY) -m results.collect

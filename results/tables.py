@@ -132,7 +132,8 @@ BENCH_HEADER = ("| configuration (`make bench`) | resolution, batch | layer free
 
 def bench_table(bench_dir: Path = BENCH_DIR) -> str:
     """One row per `make bench` record in bench_dir (results/bench/<config>-<device>.json), sorted by file name."""
-    paths = sorted(p for p in Path(bench_dir).glob("*.json") if not p.stem.startswith("mini-recipes"))
+    paths = sorted(p for p in Path(bench_dir).glob("*.json")
+                   if "seconds_per_step_median" in json.loads(p.read_text(encoding="utf-8")))
     if not paths:
         raise TableError(f"no bench records in {bench_dir}; run make bench first")
     lines = [BENCH_HEADER, "|---" * 6 + "|"]
@@ -141,6 +142,12 @@ def bench_table(bench_dir: Path = BENCH_DIR) -> str:
         lines.append(f"| {r['config']} | {r['resolution']} px, {r['batch']} | "
                      f"{'on' if r['layer_freezing'] else 'off'} | {r['seconds_per_step_median']:.3f} | "
                      f"{r['peak_memory_gib']:.1f} | {r['device']} ({r['device_name']}), {r['threads']} |")
+    scoring = Path(bench_dir) / "mini-scoring-cpu.json"
+    if scoring.is_file():
+        r = json.loads(scoring.read_text(encoding="utf-8"))
+        lines += ["", f"Scoring one mini run with every metric (`make bench-scoring`, {r['settings']['mini']['n_lpips']} "
+                      f"samples for LPIPS and FID/KID, {r['settings']['mini']['n_clip']} for CLIP and the truth): "
+                      f"{r['runs'][0]['seconds']:.0f} s on {r['threads']} threads ({r['cpu']})."]
     return "\n".join(lines) + "\n"
 
 
