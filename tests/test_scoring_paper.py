@@ -213,3 +213,10 @@ def test_folder_that_is_not_a_finished_run(world, capsys, no_sampling, tmp_path)
     # listed after a good run: nothing of the batch is scored
     line = _refused(capsys, world, _score_args(world, run_dir=[world.run_dir, not_a_run]))
     assert str(not_a_run) in line and "not a finished run" in line
+
+
+def test_eval_clip_that_guided_the_run_is_refused_whatever_its_spelling(world, capsys, no_sampling):
+    same_file = os.path.relpath(CLIP_TINY)  # the guidance CLIP, relative to the working directory
+    assert Path(same_file).resolve() == Path(CLIP_TINY).resolve()
+    line = _refused(capsys, world, _score_args(world, eval_clip=same_file))
+    assert "held out" in line

@@ -68,13 +68,25 @@ def build_scorer(world: str, settings: ScoringSettings | None = None, eval_clip:
                   weights_sha256=shas)
 
 
+def clip_identity(name_or_path: str) -> str:
+    """What a CLIP is, whatever its spelling: the sha256 of its file (a path, or a registry name whose file is
+    present), else the name itself."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return weights.file_sha256(path)
+    entry = weights.registry().get(name_or_path)
+    return weights.file_sha256(entry.path) if entry is not None and entry.path.is_file() else name_or_path
+
+
 def check_eval_clip(eval_clip: str | None, shifts: list[ShiftConfig]) -> None:
-    """An evaluation CLIP named by the user must not have guided any run it is asked to judge."""
+    """An evaluation CLIP named by the user must not have guided any run it is asked to judge (a copy, a link or
+    another spelling of the same file included)."""
     if eval_clip is None:
         return
+    judge = clip_identity(eval_clip)
     for shift in shifts:
         guided = [n for n, w in zip(shift.nada.clip_models, shift.nada.clip_model_weights) if w > 0]
-        if eval_clip in guided:
+        if judge in {clip_identity(name) for name in guided}:
             raise ScoringError(f"evaluation CLIP {eval_clip!r} guides {shift.task.name} ({guided}); a judge must be "
                                f"held out: choose another --eval-clip")
 
