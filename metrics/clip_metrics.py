@@ -47,7 +47,7 @@ def diversity(features: torch.Tensor) -> float:
 @torch.no_grad()
 def directional_similarity(encoder, f_src: torch.Tensor, f_to: torch.Tensor, source_text: str,
                            target_text: str) -> float:
-    """Mean cos(unit(E(x_to) - E(x_src)), text direction source -> target) over paired latents (NADA's loss, as a score)."""
+    """Mean cos(unit(E(x_to) - E(x_src)), text direction source -> target) over paired latents (NADA's loss)."""
     direction = text_direction(encoder, source_text, target_text).float().cpu()
     edit = torch.nn.functional.normalize(f_to - f_src, dim=-1, eps=1e-12)
     return torch.nn.functional.cosine_similarity(edit, direction).mean().item()

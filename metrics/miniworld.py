@@ -20,7 +20,8 @@ HEADLINE = ("target_accuracy", "kept_label_accuracy", "attr_r2_ratio", "edge_cor
 
 @dataclass(frozen=True)
 class Bar:
-    """One bar for NADA on a mini shift: a stored score (metric prefix, e.g. "mini_target_accuracy") passes at `lowest` or above, or, with `below_reference`, when it is lower than that reference score."""
+    """One bar for NADA on a mini shift: a stored score (metric prefix, e.g. "mini_target_accuracy") passes at
+    `lowest` or above, or, with `below_reference`, when it is lower than that reference score."""
 
     name: str
     metric: str
@@ -104,7 +105,7 @@ def score_shift(G_src, G_tgt, evaluator, shift: MiniShift, z: torch.Tensor, *,
         "paired_l1": (x_tgt - x_true).abs().mean().item(),
         "paired_l1_src": (x_src - x_true).abs().mean().item(),
         # A grey target (sketch: chroma 0) drawn in the source's colours reads as the target to both mini CLIPs
-        # (replication.miniworld.clip_losses.in_source_colours), so the colours kept by an adaptation are measured apart.
+        # (replication.miniworld.clip_losses.in_source_colours), so the colours an adaptation keeps are measured.
         "chroma": chroma(x_tgt),
         "chroma_src": chroma(x_src),
         "chroma_true": chroma(x_true),

@@ -1,4 +1,4 @@
-"""Score an adapted generator with the models it is handed: FID/KID, intra-cluster LPIPS, CLIP scores, mini-world truth."""
+"""Score an adapted generator with the models it is handed: FID/KID, intra-cluster LPIPS, CLIP scores, the truth."""
 from __future__ import annotations
 
 import re

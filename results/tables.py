@@ -145,8 +145,9 @@ def bench_table(bench_dir: Path = BENCH_DIR) -> str:
     scoring = Path(bench_dir) / "mini-scoring-cpu.json"
     if scoring.is_file():
         r = json.loads(scoring.read_text(encoding="utf-8"))
-        lines += ["", f"Scoring one mini run with every metric (`make bench-scoring`, {r['settings']['mini']['n_lpips']} "
-                      f"samples for LPIPS and FID/KID, {r['settings']['mini']['n_clip']} for CLIP and the truth): "
+        n = r["settings"]["mini"]
+        lines += ["", f"Scoring one mini run with every metric (`make bench-scoring`, {n['n_lpips']} "
+                      f"samples for LPIPS and FID/KID, {n['n_clip']} for CLIP and the truth): "
                       f"{r['runs'][0]['seconds']:.0f} s on {r['threads']} threads ({r['cpu']})."]
     return "\n".join(lines) + "\n"
 

@@ -24,7 +24,8 @@ def floor_of(module: str) -> str | None:
     """The floor of a dotted module name, or None for code outside the product (stdlib, third party)."""
     top = module.split(".")[0]
     if top == "replication":
-        return "pipeline" if module == "replication.pipeline" or module.startswith("replication.pipeline.") else "method"
+        in_pipeline = module == "replication.pipeline" or module.startswith("replication.pipeline.")
+        return "pipeline" if in_pipeline else "method"
     return top if top in PACKAGES else None
 
 

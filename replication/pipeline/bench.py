@@ -3,7 +3,7 @@
 Each configuration runs in its own subprocess so that its peak memory is its own. Results go to
 results/bench/<config>-<device>.json. Examples:
     python -m replication.pipeline.bench                      # CPU-sized set: paper-256, mini
-    python -m replication.pipeline.bench --configs paper-1024 --steps 5   # the README configuration (needs a GPU to be quick)
+    python -m replication.pipeline.bench --configs paper-1024 --steps 5   # the README configuration (GPU)
 """
 from __future__ import annotations
 
@@ -161,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tag = "cuda" if device.type == "cuda" else "cpu"
     for name in names:
-        cmd = [sys.executable, "-m", "replication.pipeline.bench", "--one", name, "--steps", str(args.steps), "--warmup",
-               str(args.warmup), "--device", str(device)] + (["--threads", str(args.threads)] if args.threads else [])
+        cmd = [sys.executable, "-m", "replication.pipeline.bench", "--one", name, "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--device", str(device)] + (["--threads", str(args.threads)] if args.threads else [])
         print(f"bench {name} on {device} ...", flush=True)
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
         if out.returncode != 0:
@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         result = json.loads(out.stdout.strip().splitlines()[-1])
-        result["command"] = "python -m replication.pipeline.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        result["command"] = "python -m replication.pipeline.bench " + " ".join(
+            argv if argv is not None else sys.argv[1:])
         write_json(args.outdir / f"{name}-{tag}.json", result)
         print(f"  {result['seconds_per_step_median']:.3f} s/step (median of {args.steps}), "
               f"peak {result['peak_memory_gib']:.2f} GiB", flush=True)

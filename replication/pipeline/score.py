@@ -60,7 +60,8 @@ def score_one(run_dir: Path, shift: ShiftConfig, method: str, scorers: LazyScore
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m replication.pipeline.score", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dirs", type=Path, nargs="+", help="finished run folders (<runs>/<world>/<shift>/<method>/seed<k>)")
+    p.add_argument("run_dirs", type=Path, nargs="+",
+                   help="finished run folders (<runs>/<world>/<shift>/<method>/seed<k>)")
     p.add_argument("--fid-reference", type=Path, help="paper world: folder of real target-domain images for FID/KID")
     p.add_argument("--eval-clip", help="the evaluation CLIP (default: ViT-L/14 paper, mini-clip-b mini)")
     p.add_argument("--n-clip", type=int, help="samples of the CLIP (and mini ground-truth) scores (default 500)")
