@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 import tomllib
 import urllib.request
 from dataclasses import dataclass, fields
@@ -139,7 +140,7 @@ def get_entry(name: str) -> WeightEntry:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Lock file (first-seen hashes) and the per-file hash cache.
+# Lock file (first-seen hashes) and the in-process hash cache.
 
 
 def _read_lock() -> dict[str, dict[str, Any]]:
@@ -188,26 +189,30 @@ def expected_sha256(entry: WeightEntry) -> tuple[str | None, str]:
     return None, "unknown, recorded on first download"
 
 
-def _hash_cache_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256.json")
+# No hash is kept on disk: any on-disk key (size, mtime, even ctime) sits next to a file anyone who can write the
+# weight can also rewrite, and a result's provenance must come from its bytes, so every process hashes what it uses
+# (about a second per GB). Within one process a repeated check is served from memory, keyed on the stat fields that
+# any write changes and a user cannot set back (st_ctime_ns; with st_dev, st_ino, st_size, st_mtime_ns). A file
+# changed in the last few seconds is never served from memory: a write within the same timestamp tick as the hash
+# can leave every stat field as it was (coarse ctime on older kernels, 2 s on FAT).
+_RECENT_NS = 5_000_000_000
+_HASHES: dict[tuple[int, ...], str] = {}
+
+
+def _stat_key(path: Path) -> tuple[int, ...]:
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of ``path``, cached by (size, mtime) in a small JSON next to it so big files are hashed once."""
-    stat = path.stat()
-    cache = _hash_cache_path(path)
-    try:
-        cached = json.loads(cache.read_text(encoding="utf-8"))
-        if cached.get("size") == stat.st_size and cached.get("mtime_ns") == stat.st_mtime_ns and \
-                _HEX64.match(str(cached.get("sha256", ""))):
-            return str(cached["sha256"])
-    except (OSError, ValueError):
-        pass
+    """sha256 of ``path``'s bytes; a repeated call in this process on an unchanged file answers from memory."""
+    key = _stat_key(path)
+    if key in _HASHES:
+        return _HASHES[key]
+    started_ns = time.time_ns()
     digest = sha256_file(path)
-    try:
-        _atomic_write_text(cache, json.dumps({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}))
-    except OSError:
-        pass  # a read-only weights folder only costs a re-hash next time
+    if _stat_key(path) == key and started_ns - key[-1] > _RECENT_NS:
+        _HASHES[key] = digest
     return digest
 
 
@@ -226,6 +231,11 @@ def missing_message(entry: WeightEntry) -> str:
 def check_file(entry: WeightEntry, path: Path | None = None) -> Path:
     """Check a present file against the expected sha256 (or record it on first use); return its path."""
     path = Path(path) if path is not None else entry.path
+    _checked_sha256(entry, path)
+    return path
+
+
+def _checked_sha256(entry: WeightEntry, path: Path) -> str:
     if not path.is_file():
         raise WeightError(missing_message(entry))
     actual = file_sha256(path)
@@ -235,14 +245,14 @@ def check_file(entry: WeightEntry, path: Path | None = None) -> Path:
             raise WeightError(f"weight {entry.name!r} at {path} has sha256 {actual} but {expected} is expected "
                               f"({where}); the file is corrupt or a different file: delete it and download it again "
                               f"from {entry.url}")
-        return path
+        return actual
     if entry.sha256_prefix and not actual.startswith(entry.sha256_prefix):
         raise WeightError(f"weight {entry.name!r} at {path} has sha256 {actual} but its published prefix is "
                           f"{entry.sha256_prefix}; delete it and download it again from {entry.url}")
     _record_lock(entry, actual)
     print(f"warning: no published sha256 for {entry.name!r}; recorded {actual} in {lock_path()} "
           f"(every later copy is checked against it)", file=sys.stderr)
-    return path
+    return actual
 
 
 def resolve(name: str, *, download: bool = False) -> Path:
@@ -256,9 +266,9 @@ def resolve(name: str, *, download: bool = False) -> Path:
 
 
 def verify(name: str) -> str:
-    """Hash-check a present file; returns its sha256."""
-    path = check_file(get_entry(name))
-    return file_sha256(path)
+    """Hash-check a present file; returns the sha256 of the bytes just checked."""
+    entry = get_entry(name)
+    return _checked_sha256(entry, entry.path)
 
 
 def download(name: str, *, timeout: float = 60.0) -> Path:
@@ -289,7 +299,6 @@ def _fetch(entry: WeightEntry, timeout: float = 60.0) -> Path:
                           f"by hand") from None
     finally:
         tmp.unlink(missing_ok=True)
-        _hash_cache_path(tmp).unlink(missing_ok=True)
     return check_file(entry, dest)
 
 

@@ -5,6 +5,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -108,18 +109,68 @@ def test_unknown_name_lists_known_names():
 # Hash checks on a fake registry.
 
 
-def test_present_file_with_right_hash_resolves_and_hash_is_cached(tmp_path, monkeypatch):
+@pytest.fixture(autouse=True)
+def _fresh_hash_cache(monkeypatch):
+    monkeypatch.setattr(weights, "_HASHES", {})
+
+
+def _flip_first_byte_keeping_mtime(path: Path) -> None:
+    before = path.stat()
+    with open(path, "r+b") as handle:
+        first = handle.read(1)
+        handle.seek(0)
+        handle.write(bytes([first[0] ^ 0xFF]))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def test_present_file_with_right_hash_resolves_and_is_hashed_once_per_process(tmp_path, monkeypatch):
     content = b"tiny weights"
     wdir = _fake_registry(tmp_path, monkeypatch, {"tiny": _entry(sha256=hashlib.sha256(content).hexdigest())})
     (wdir / "tiny.pt").write_bytes(content)
+    monkeypatch.setattr(weights, "_RECENT_NS", 0)  # the file was just written; let the memory cache take it
+    reads = []
+    real = weights.sha256_file
+    monkeypatch.setattr(weights, "sha256_file", lambda path: reads.append(path) or real(path))
     assert weights.resolve("tiny") == wdir / "tiny.pt"
-    assert (wdir / "tiny.pt.sha256.json").exists()
-
-    def no_rehash(path):
-        raise AssertionError("the cached hash should have been used")
-
-    monkeypatch.setattr(weights, "sha256_file", no_rehash)
     assert weights.resolve("tiny") == wdir / "tiny.pt"
+    assert weights.verify("tiny") == weights.file_sha256(wdir / "tiny.pt") == hashlib.sha256(content).hexdigest()
+    assert reads == [wdir / "tiny.pt"]
+    assert [p.name for p in wdir.iterdir()] == ["tiny.pt"], "no hash may be stored beside the weight"
+
+
+def test_byte_flipped_in_place_with_mtime_kept_fails_the_check_in_a_new_process(tmp_path, monkeypatch):
+    good = b"the real weights, byte for byte"
+    expected = hashlib.sha256(good).hexdigest()
+    wdir = _fake_registry(tmp_path, monkeypatch, {"tiny": _entry(sha256=expected)})
+    path = wdir / "tiny.pt"
+    path.write_bytes(good)
+    assert weights.verify("tiny") == expected
+    _flip_first_byte_keeping_mtime(path)
+    flipped = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(weights.WeightError, match=f"has sha256 {flipped} but {expected} is expected"):
+        weights.check_file(weights.get_entry("tiny"))
+    with pytest.raises(weights.WeightError, match=f"has sha256 {flipped} but {expected}"):
+        weights.verify("tiny")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "replication.weights", "verify", "tiny"], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=120)
+    assert proc.returncode == 2 and f"has sha256 {flipped} but {expected}" in proc.stderr
+
+
+def test_memory_cache_sees_an_in_place_change_with_mtime_kept(tmp_path, monkeypatch):
+    good = b"the real weights, byte for byte"
+    expected = hashlib.sha256(good).hexdigest()
+    wdir = _fake_registry(tmp_path, monkeypatch, {"tiny": _entry(sha256=expected)})
+    path = wdir / "tiny.pt"
+    path.write_bytes(good)
+    monkeypatch.setattr(weights, "_RECENT_NS", 0)  # serve from memory whatever the file's age
+    assert weights.verify("tiny") == expected and len(weights._HASHES) == 1
+    time.sleep(0.05)  # past any coarse timestamp tick, so the write below gets a new ctime
+    _flip_first_byte_keeping_mtime(path)
+    with pytest.raises(weights.WeightError, match=f"but {expected} is expected"):
+        weights.check_file(weights.get_entry("tiny"))
 
 
 def test_wrong_hash_names_both_hashes_even_after_caching(tmp_path, monkeypatch):

@@ -28,7 +28,7 @@ from replication.pipeline.scoring import LazyScorers, check_eval_clip, score_and
 from replication.runio import cpu_name, is_done, write_json
 from replication.training_loop import FINAL_NAME
 from replication.weights import WeightError
-from results.collect import collect_rows, write_scores
+from results.collect import CollectError, collect_rows, write_scores
 
 
 def run_shift(run_dir: Path) -> tuple[ShiftConfig, str]:
@@ -98,8 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     except errors as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for runs_root in sorted({Path(run_dir).resolve().parents[3] for run_dir, _, _ in runs}):
-        print(f"scores: {write_scores(collect_rows(runs_root), runs_root.parent / 'scores.csv')}")
+    try:
+        for runs_root in sorted({Path(run_dir).resolve().parents[3] for run_dir, _, _ in runs}):
+            print(f"scores: {write_scores(collect_rows(runs_root), runs_root.parent / 'scores.csv')}")
+    except CollectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.bench is not None:
         write_json(args.bench, {"command": "python -m replication.pipeline.score " + " ".join(
             sys.argv[1:] if argv is None else argv), "cpu": cpu_name(), "threads": torch.get_num_threads(),
