@@ -522,3 +522,18 @@ def test_unusual_discriminator_does_not_block_the_generator(tmp_path, models, mo
     ckpt = load_checkpoint(tmp_path / "out" / "tiny.pt")
     assert ckpt.d is None
     _assert_same_state(ckpt.g_ema, G.state_dict())
+
+
+def test_unsupported_tf_settings_are_named_in_one_line():
+    from replication.conversion import tf as tf_reader
+    from replication.conversion.common import ConversionError
+    from replication.safe_unpickle import TFNetworkState
+
+    with pytest.raises(ConversionError, match="mapping widths that differ") as caught:
+        tf_reader._check_tf_kwargs({"latent_size": 48, "mapping_fmaps": 80, "dlatent_size": 64}, "G.pkl")
+    assert "latent_size 48" in str(caught.value) and "\n" not in str(caught.value)
+    tf_reader._check_tf_kwargs({"latent_size": 64, "dlatent_size": 64}, "G.pkl")  # one width: fine
+    net = TFNetworkState({"version": 4, "name": "D", "static_kwargs": {"mbstd_group_size": 8}, "components": {},
+                          "variables": []})
+    with pytest.raises(ConversionError, match="group size 8"):
+        tf_reader.tf_discriminator(net, "D.pkl")

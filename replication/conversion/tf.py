@@ -147,6 +147,11 @@ def _check_tf_kwargs(kwargs: Mapping[str, Any], what: str) -> None:
         problems.append(f"synthesis_func {kwargs.get('synthesis_func')!r} (only G_synthesis_stylegan2 / G_synthesis)")
     if kwargs.get("mapping_nonlinearity", "lrelu") != "lrelu" or kwargs.get("nonlinearity", "lrelu") != "lrelu":
         problems.append("a nonlinearity other than lrelu")
+    # rosinality's mapping network has one width (style_dim) for z, its hidden layers and w
+    widths = {k: kwargs[k] for k in ("latent_size", "mapping_fmaps", "dlatent_size") if k in kwargs}
+    if len(set(widths.values())) > 1:
+        problems.append("mapping widths that differ (" + ", ".join(f"{k} {v}" for k, v in widths.items())
+                        + "; only one width for z, the mapping layers and w is supported)")
     if problems:
         raise ConversionError(f"{what}: unsupported network: " + "; ".join(problems))
 
@@ -159,6 +164,11 @@ def tf_discriminator(net: TFNetworkState, what: str) -> tuple[DiscriminatorConfi
     kwargs = net.static_kwargs
     if kwargs.get("architecture", "resnet") != "resnet" or kwargs.get("label_size", 0):
         raise ConversionError(f"{what}: only unconditional 'resnet' discriminators match rosinality's")
+    # rosinality's minibatch-stddev layer is fixed at groups of 4 and one feature
+    if kwargs.get("mbstd_group_size", 4) != 4 or kwargs.get("mbstd_num_features", 1) != 1:
+        raise ConversionError(f"{what}: unsupported discriminator: minibatch-stddev group size "
+                              f"{kwargs.get('mbstd_group_size', 4)} and {kwargs.get('mbstd_num_features', 1)} "
+                              f"feature(s) (only group size 4 with 1 feature matches rosinality's)")
     src = SourceArrays(net.all_variables(), what)
     froms = sorted(int(m.group(1)) for k in src.arrays for m in [re.fullmatch(r"(\d+)x\1/FromRGB/weight", k)] if m)
     if len(froms) != 1:
