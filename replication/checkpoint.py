@@ -6,6 +6,7 @@ import datetime as _dt
 import hashlib
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -267,9 +268,17 @@ def read_torch_file(path: str | os.PathLike) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path.name}: refused by weights_only loading or not a torch file ({first[:200]}); "
-                              f"foreign pickles must go through `python -m replication.convert`") from None
+        # torch's message advises weights_only=False, i.e. running the file's code: only its reason is passed on
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+        _, refused, rest = text.partition("WeightsUnpickler error:")
+        reason = next((line.strip() for line in rest.splitlines() if line.strip()), "") if refused else ""
+        if reason:
+            reason = reason.split(" was not an allowed global")[0].split(". Please")[0]
+            raise CheckpointError(f"{path.name}: refused by weights-only loading ({reason[:200]}): not a checkpoint of "
+                                  f"tensors and plain data; convert a foreign StyleGAN pickle with "
+                                  f"`python -m replication.convert`") from None
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        raise CheckpointError(f"{path.name}: not a PyTorch file ({first[:200]})") from None
     except Exception as exc:  # noqa: BLE001 - weights_only never runs the file's code; any failure means unreadable
         # Corrupt bytes reach the weights_only unpickler's internals (IndexError, TypeError, struct.error, ...).
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -25,7 +25,23 @@ def resolve_generator_path(name: str) -> Path:
         return path
     from replication import weights
 
-    entry = weights.get_entry(name)  # unknown names raise WeightError listing the known ones
+    registry = weights.registry()
+    if name not in registry:
+        if path.is_file():
+            return path
+        generators = ", ".join(sorted(n for n, e in registry.items() if e.kind == "generator"))
+        if path.is_dir():
+            problem = f"{path} is a folder, not a checkpoint file"
+        elif path.suffix or len(path.parts) > 1:  # meant as a file, so the registry's names would mislead
+            problem = f"no file {path}"
+        else:
+            problem = f"{name!r} is neither a file nor a weight-registry name"
+        raise GeneratorNotFound(f"source generator: {problem}; set [task] generator to a checkpoint file or one of "
+                                f"{generators}")
+    entry = registry[name]
+    if entry.kind != "generator":
+        raise GeneratorNotFound(f"source generator {name!r} is a {entry.kind} weight, not a generator; set [task] "
+                                f"generator to a checkpoint file or a generator of env/weights.toml")
     if entry.format == "nada-replication-checkpoint":
         return weights.resolve(name)
     converted = weights.converted_dir() / f"{name}.pt"

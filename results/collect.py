@@ -40,7 +40,7 @@ def _read_json(path: Path, run_dir: Path) -> dict:
     return value
 
 
-def _metric_rows(metrics_path: Path) -> list[dict]:
+def metric_rows(metrics_path: Path) -> list[dict]:
     """Every record of a finished run's metrics.jsonl, each checked: a named metric with a finite numeric value."""
     run_dir = metrics_path.parent
     records = []
@@ -87,7 +87,7 @@ def collect_rows(runs_dir: Path = RUNS_DIR) -> list[dict]:
         config = _read_json(run_dir / "config.json", run_dir)
         env = _read_json(run_dir / "env.json", run_dir) if (run_dir / "env.json").is_file() else {}
         world, shift, method = run_dir.parts[-4], run_dir.parts[-3], run_dir.parts[-2]
-        for m in _metric_rows(metrics_path):
+        for m in metric_rows(metrics_path):
             rows.append({"world": world, "shift": shift, "method": method, "seed": seed,
                          "mode": config.get("mode", config.get("nada", {}).get("mode", "")), "metric": m["metric"],
                          "value": m["value"], "n_samples": m.get("n_samples", ""), "protocol": m.get("protocol", ""),

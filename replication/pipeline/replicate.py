@@ -22,11 +22,11 @@ from replication.config import ConfigError, available_shifts, load_shift
 from replication.nada import GeneratorNotFound, load_source, run_weight_sha256
 from metrics.scoring import ScoringError, check_settings
 from replication.pipeline.scoring import LazyScorers, check_eval_clip, score_and_write, scorer_sha256, scores_are_current, settings_for
-from replication.pipeline.train import run_dir_for
+from replication.pipeline.train import check_outdir, check_seeds, resolve_device, run_dir_for
 from replication.runio import REPO_ROOT, is_done
 from replication.training_loop import FINAL_NAME
 from replication.weights import WeightError
-from results.collect import collect_rows, write_scores
+from results.collect import CollectError, collect_rows, write_scores
 
 DEFAULT_METHODS = ("source", "nada", "nada-global", "nada-freeze")
 # The mini world also trains the two oracles (baselines/oracle.py): NADA's budget spent on the true targets (the
@@ -112,9 +112,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="score finished runs again from their saved final generator (after a metric is added)")
     args = p.parse_args(argv)
 
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    args.methods = methods_for(args.world, args.methods)
     try:
+        # every argument is checked before any weight loads or any file is written
+        for flag, values in (("--shifts", args.shifts), ("--methods", args.methods)):
+            if values is not None and not values:
+                raise ConfigError(f"{flag} needs at least one name (leave it out for the default)")
+        check_seeds(args.seeds, "--seeds")
+        if args.n_eval is not None and args.n_eval < 2:
+            raise ConfigError(f"--n-eval {args.n_eval}: the scores need at least 2 latents (default 500)")
+        device = resolve_device(args.device)
+        check_outdir(args.outdir)
+        args.methods = methods_for(args.world, args.methods)
         unknown = [m for m in args.methods if m not in METHODS]
         if unknown:
             raise ConfigError(f"unknown method(s) {unknown}; known: {sorted(METHODS)}")
@@ -143,7 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     if stale:
         print(f"warning: {len(stale)} finished run(s) were trained or scored with other weights than the registry's "
               f"(first: {stale[0]}); redo them with --rerun-stale (make replicate RERUN_STALE=1)", file=sys.stderr)
-    scores = write_scores(collect_rows(args.outdir), args.outdir.parent / "scores.csv")
+    try:
+        rows = collect_rows(args.outdir)
+    except CollectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    scores = write_scores(rows, args.outdir.parent / "scores.csv")
     print(f"scores: {scores}")
     if not args.no_figures:
         for path in make_all(scores, args.outdir, scores.parent.parent / "paper_figures" / "out"

@@ -26,16 +26,16 @@ from metrics.miniworld import NADA_BARS, bars_for_shift
 from metrics.scoring import metric_prefix
 from replication.checkpoint import CheckpointError
 from replication.clip_models import ClipModelError
-from replication.config import ConfigError, load_shift
+from replication.config import SEED_LIMIT, ConfigError, load_shift, shift_path
 from replication.losses import GuidanceError
 from replication.nada import adapt, load_source
 from replication.pipeline.replicate import run_is_current
 from metrics.scoring import ScoringError, check_settings
 from replication.pipeline.scoring import LazyScorers, score_and_write, settings_for
-from replication.pipeline.train import run_dir_for
+from replication.pipeline.train import check_outdir, check_seeds, resolve_device, run_dir_for
 from replication.runio import REPO_ROOT, atomic_write_text, is_done
 from replication.weights import WeightError
-from results.collect import collect_rows, write_scores
+from results.collect import CollectError, collect_rows, metric_rows, write_scores
 
 SWEEPS_OUT = REPO_ROOT / "results" / "sweeps"
 # Headline metrics of the table: (column, stored metric prefix); "_src" columns are the unadapted generator's.
@@ -70,8 +70,13 @@ class Sweep:
     variants: tuple[Variant, ...]
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def load_sweep(path: Path) -> Sweep:
-    """Parse and check a sweep TOML: unknown keys, bad names and overrides that no shift accepts are ConfigErrors."""
+    """Parse and check a sweep TOML: unknown keys, wrong types, bad names and overrides that no shift accepts are
+    ConfigErrors naming the sweep file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep file {path} does not exist; see replication/sweeps/ for examples")
@@ -82,30 +87,52 @@ def load_sweep(path: Path) -> Sweep:
     unknown = sorted(set(data) - {"shifts", "seeds", "n_eval", "variant"})
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {unknown}; valid: shifts, seeds, n_eval, [[variant]]")
+    shifts, seeds, n_eval = data.get("shifts", []), data.get("seeds", [0]), data.get("n_eval", 500)
+    if not (isinstance(shifts, list) and shifts and all(isinstance(s, str) for s in shifts)):
+        raise ConfigError(f"{path}: `shifts` must list at least one mini shift, like shifts = [\"mini--sketch\"]; "
+                          f"got {shifts!r}")
+    if not (isinstance(seeds, list) and seeds and all(_is_int(k) and 0 <= k < SEED_LIMIT for k in seeds)):
+        raise ConfigError(f"{path}: `seeds` must list at least one seed in [0, {SEED_LIMIT}), like seeds = [0, 1, 2]; "
+                          f"got {seeds!r}")
+    if not (_is_int(n_eval) and n_eval >= 2):
+        raise ConfigError(f"{path}: `n_eval` (latents of each score) must be an integer >= 2, like n_eval = 500; "
+                          f"got {n_eval!r}")
+    raw_variants = data.get("variant", [])
+    if not (isinstance(raw_variants, list) and all(isinstance(raw, dict) for raw in raw_variants)):
+        raise ConfigError(f"{path}: variants are [[variant]] tables with a `name`; got variant = {raw_variants!r}")
     variants = []
-    for raw in data.get("variant", []):
+    for raw in raw_variants:
         extra = sorted(set(raw) - {"name", "nada", "method"})
-        name = str(raw.get("name", ""))
-        if extra or not NAME_PATTERN.match(name):
+        name = raw.get("name", "")
+        if extra or not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise ConfigError(f"{path}: each [[variant]] needs a folder-safe `name` (letters, digits, . + _ -), "
                               f"an optional `nada` table and `method`; got name {name!r}, extra keys {extra}")
-        method = str(raw.get("method", "nada"))
-        if method not in METHODS:
+        method, nada = raw.get("method", "nada"), raw.get("nada", {})
+        if not isinstance(method, str) or method not in METHODS:
             raise ConfigError(f"{path}: variant {name!r} has unknown method {method!r}; known: {sorted(METHODS)}")
-        variants.append(Variant(name, dict(raw.get("nada", {})), method))
+        if not isinstance(nada, dict):
+            raise ConfigError(f"{path}: variant {name!r}: `nada` must be a table of [nada] overrides, like "
+                              f"nada = {{ lr = 0.004 }}; got {nada!r}")
+        variants.append(Variant(name, dict(nada), method))
     names = [v.name for v in variants]
     if not variants or len(set(names)) != len(names):
         raise ConfigError(f"{path}: needs at least one [[variant]] and distinct names, got {names}")
-    sweep = Sweep(path.stem, tuple(data.get("shifts", ())), tuple(int(s) for s in data.get("seeds", (0,))),
-                  int(data.get("n_eval", 500)), tuple(variants))
-    if not sweep.shifts:
-        raise ConfigError(f"{path}: `shifts` must list at least one mini shift")
+    sweep = Sweep(path.stem, tuple(shifts), tuple(seeds), n_eval, tuple(variants))
     for shift_name in sweep.shifts:
+        try:
+            shift = load_shift(shift_name)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: shifts: {exc}") from None
+        if shift.task.world != "mini":
+            raise ConfigError(f"{path}: {shift_name} is a {shift.task.world}-world shift; sweeps score against "
+                              "the mini world's ground truth, so list mini shifts only")
         for variant in sweep.variants:  # every override is validated before anything trains
-            shift = load_shift(shift_name, {"nada": variant.nada})
-            if shift.task.world != "mini":
-                raise ConfigError(f"{path}: {shift_name} is a {shift.task.world}-world shift; sweeps score against "
-                                  "the mini world's ground truth, so list mini shifts only")
+            try:
+                shift = load_shift(shift_name, {"nada": variant.nada})
+            except ConfigError as exc:  # the shift file loaded above: the variant's override is at fault
+                reason = str(exc).removeprefix(f"{shift_path(shift_name)}: ")
+                raise ConfigError(f"{path}: variant {variant.name!r} (its nada overrides, on {shift_name}): "
+                                  f"{reason}") from None
             check_method(variant.method, shift)
     return sweep
 
@@ -137,7 +164,7 @@ def _run_scores(run_dir: Path) -> dict[str, float] | None:
     None when the run is not finished."""
     if not (is_done(run_dir) and (run_dir / "metrics.jsonl").is_file()):
         return None
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    rows = metric_rows(run_dir / "metrics.jsonl")
     return {metric_prefix(row["metric"]): float(row["value"]) for row in rows}
 
 
@@ -221,11 +248,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="train again the finished runs made with other weights than the registry's")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     try:
+        # every argument is checked before any weight loads or any file is written
+        check_seeds(args.seeds, "--seeds")
+        if args.only is not None and not args.only:
+            raise ConfigError("--only needs at least one variant name (leave it out to run every variant)")
+        if args.threads < 0:
+            raise ConfigError(f"--threads {args.threads}: give a count >= 1, or 0 for torch's default")
+        device = resolve_device(args.device)
         sweep = load_sweep(args.sweep)
+        check_outdir(args.outdir)
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
         # the table covers every seed of the file and those asked for, not only this invocation's
         table_sweep = Sweep(sweep.name, sweep.shifts, tuple(sorted({*sweep.seeds, *(args.seeds or ())})),
                             sweep.n_eval, sweep.variants)
@@ -253,9 +287,15 @@ def main(argv: list[str] | None = None) -> int:
     if stale:
         print(f"warning: {len(stale)} finished run(s) were trained or scored with other weights than the registry's "
               f"(first: {stale[0]}); redo them with --rerun-stale", file=sys.stderr)
-    csv_path = write_scores(collect_rows(args.outdir / sweep.name), args.outdir / f"{sweep.name}.csv")
+    try:
+        rows = collect_rows(args.outdir / sweep.name)
+        table = table_markdown(table_sweep, args.outdir)
+    except CollectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    csv_path = write_scores(rows, args.outdir / f"{sweep.name}.csv")
     md_path = args.outdir / f"{sweep.name}.md"
-    atomic_write_text(md_path, table_markdown(table_sweep, args.outdir))
+    atomic_write_text(md_path, table)
     print(f"scores: {csv_path}\ntable: {md_path}")
     return 0
 
