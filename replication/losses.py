@@ -384,6 +384,11 @@ class ClipGuidance:
         return self.config.global_template.replace("{}", self.target_text or "")
 
     @property
+    def generators(self) -> tuple[torch.Generator, ...]:
+        """The random generators the guidance draws from (patch crops): a resumable run saves their states."""
+        return (self.rng,) if self.rng is not None else ()
+
+    @property
     def encoders(self) -> list[tuple[ClipEncoder, float]]:
         """The (encoder, weight) pairs that are evaluated (weight > 0)."""
         return [(encoder, weight) for _, encoder, weight in self.models]
