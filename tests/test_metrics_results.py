@@ -148,3 +148,14 @@ def test_rescore_scores_a_finished_run_again_without_training(tmp_path):
     assert can_rescore(run_dir, shift, "source") and not can_rescore(run_dir, shift, "nada")  # nada: no G_tgt.pt
     run_one("mini--sketch", "source", 0, tmp_path, torch.device("cpu"), progress=False, scorers=scorer, rescore=True)
     assert metrics.read_text() == first  # ... unless asked to rescore, which reproduces the scores exactly
+
+
+def test_a_broken_metrics_file_is_stale_so_rerun_stale_repairs_it(tmp_path):
+    from replication.pipeline.scoring import scorer_sha256, scores_are_current, write_metrics
+
+    current = scorer_sha256()
+    write_metrics(tmp_path, [{"metric": "m", "value": 1.0, "scorers": current}])
+    assert scores_are_current(tmp_path, current)
+    with open(tmp_path / "metrics.jsonl", "a") as handle:
+        handle.write('{"metric": "cut off", "val\n')  # a write cut short
+    assert not scores_are_current(tmp_path, current)

@@ -15,6 +15,7 @@ from replication.clip_models import load_clip
 from replication.config import ShiftConfig
 from replication.miniworld.evaluator import load_evaluator
 from replication.runio import REPO_ROOT, atomic_write_text
+from results.collect import CollectError, metric_rows
 
 EVALUATOR = "mini-evaluator"
 EVAL_CLIP = {"mini": "mini-clip-b", "paper": "ViT-L/14"}  # the default held-out judge of CLIP scores
@@ -122,11 +123,15 @@ class LazyScorers:
 
 
 def scores_are_current(run_dir: Path, current: dict[str, str]) -> bool:
-    """True when run_dir/metrics.jsonl exists and every row was scored by exactly the `current` scorer models."""
+    """True when run_dir/metrics.jsonl exists, every row is well formed and was scored by exactly the `current` scorer
+    models; a broken file is stale, so --rerun-stale repairs it."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return False
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        rows = metric_rows(path)
+    except CollectError:
+        return False
     return bool(rows) and all(row.get("scorers") == current for row in rows)
 
 
