@@ -16,7 +16,8 @@ def test_grid_rows_are_the_generators_and_the_truth_ordered_by_the_attribute(tmp
 
     torch.set_num_threads(1)
     sweep = tmp_path / "tiny.toml"
-    sweep.write_text('seeds = [0]\nn_eval = 8\nshifts = ["mini--zombie"]\n[[variant]]\nname = "two-steps"\n'
+    sweep.write_text('seeds = [0]\nn_eval = 8\nn_lpips = 10\nn_fid = 8\nshifts = ["mini--zombie"]\n'
+                     '[[variant]]\nname = "two-steps"\n'
                      'nada = { iterations = 2, output_interval = 1000, save_interval = 0 }\n')
     assert sweep_main([str(sweep), "--outdir", str(tmp_path / "out"), "--no-progress"]) == 0
     run_dir = tmp_path / "out" / "tiny" / "mini" / "mini--zombie" / "two-steps" / "seed0"
@@ -43,7 +44,7 @@ def test_grid_rows_are_the_generators_and_the_truth_ordered_by_the_attribute(tmp
 def test_several_runs_of_one_shift_get_a_row_each_and_other_shifts_are_refused(tmp_path, capsys):
     torch.set_num_threads(1)
     sweep = tmp_path / "tiny.toml"
-    sweep.write_text('seeds = [0]\nn_eval = 8\nshifts = ["mini--zombie", "mini--sketch"]\n'
+    sweep.write_text('seeds = [0]\nn_eval = 8\nn_lpips = 10\nn_fid = 8\nshifts = ["mini--zombie", "mini--sketch"]\n'
                      '[[variant]]\nname = "a"\nnada = { iterations = 2, output_interval = 1000, save_interval = 0 }\n'
                      '[[variant]]\nname = "b"\nnada = { iterations = 3, output_interval = 1000, save_interval = 0 }\n')
     assert sweep_main([str(sweep), "--outdir", str(tmp_path / "out"), "--no-progress"]) == 0

@@ -42,7 +42,7 @@ def test_cli_reports_a_bad_file_and_writes_nothing(tmp_path, capsys):
 
 def test_tiny_sweep_trains_scores_and_tabulates(tmp_path, capsys):
     torch.set_num_threads(1)
-    path = _write(tmp_path, 'seeds = [0]\nn_eval = 8\nshifts = ["mini--sketch"]\n'
+    path = _write(tmp_path, 'seeds = [0]\nn_eval = 8\nn_lpips = 10\nn_fid = 8\nshifts = ["mini--sketch"]\n'
                             '[[variant]]\nname = "two-steps"\nnada = { iterations = 2, output_interval = 1000, '
                             'save_interval = 0 }\n[[variant]]\nname = "unrun"\nnada = { iterations = 3 }\n', "tiny.toml")
     out = tmp_path / "out"

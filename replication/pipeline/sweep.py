@@ -3,13 +3,14 @@
     python -m replication.pipeline.sweep replication/sweeps/mini-nada.toml            # train, score, tabulate (resumable)
     python -m replication.pipeline.sweep replication/sweeps/mini-nada.toml --only default lr0.004 --seeds 0 1
 
-The file lists `shifts`, `seeds`, `n_eval` and [[variant]] tables, each with a `name`, a `nada` table of overrides
+The file lists `shifts`, `seeds`, `n_eval` (and optionally `n_lpips`, `n_fid`) and [[variant]] tables, each with a `name`, a `nada` table of overrides
 of the shift's [nada] section and an optional `method` (default "nada"; any name of baselines.METHODS). Runs live in
 results/sweeps/<name>/mini/<shift>/<variant>/seed<k>/ exactly like `make replicate` runs, are scored by the same function, and a finished run is kept.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import shutil
@@ -68,6 +69,8 @@ class Sweep:
     seeds: tuple[int, ...]
     n_eval: int
     variants: tuple[Variant, ...]
+    n_lpips: int | None = None  # samples of intra-cluster LPIPS (None: the mini world's default, 1,000)
+    n_fid: int | None = None  # samples of FID/KID (None: 1,000)
 
 
 def _is_int(value: Any) -> bool:
@@ -84,9 +87,14 @@ def load_sweep(path: Path) -> Sweep:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    unknown = sorted(set(data) - {"shifts", "seeds", "n_eval", "variant"})
+    unknown = sorted(set(data) - {"shifts", "seeds", "n_eval", "n_lpips", "n_fid", "variant"})
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {unknown}; valid: shifts, seeds, n_eval, [[variant]]")
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; valid: shifts, seeds, n_eval, n_lpips, n_fid, "
+                          f"[[variant]]")
+    for key in ("n_lpips", "n_fid"):
+        if key in data and not (_is_int(data[key]) and data[key] >= 2):
+            raise ConfigError(f"{path}: `{key}` (samples of that metric) must be an integer >= 2, like {key} = 1000; "
+                              f"got {data[key]!r}")
     shifts, seeds, n_eval = data.get("shifts", []), data.get("seeds", [0]), data.get("n_eval", 500)
     if not (isinstance(shifts, list) and shifts and all(isinstance(s, str) for s in shifts)):
         raise ConfigError(f"{path}: `shifts` must list at least one mini shift, like shifts = [\"mini--sketch\"]; "
@@ -117,7 +125,8 @@ def load_sweep(path: Path) -> Sweep:
     names = [v.name for v in variants]
     if not variants or len(set(names)) != len(names):
         raise ConfigError(f"{path}: needs at least one [[variant]] and distinct names, got {names}")
-    sweep = Sweep(path.stem, tuple(shifts), tuple(seeds), n_eval, tuple(variants))
+    sweep = Sweep(path.stem, tuple(shifts), tuple(seeds), n_eval, tuple(variants), data.get("n_lpips"),
+                  data.get("n_fid"))
     for shift_name in sweep.shifts:
         try:
             shift = load_shift(shift_name)
@@ -261,10 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads > 0:
             torch.set_num_threads(args.threads)
         # the table covers every seed of the file and those asked for, not only this invocation's
-        table_sweep = Sweep(sweep.name, sweep.shifts, tuple(sorted({*sweep.seeds, *(args.seeds or ())})),
-                            sweep.n_eval, sweep.variants)
+        table_sweep = dataclasses.replace(sweep, seeds=tuple(sorted({*sweep.seeds, *(args.seeds or ())})))
         if args.seeds:
-            sweep = Sweep(sweep.name, sweep.shifts, tuple(args.seeds), sweep.n_eval, sweep.variants)
+            sweep = dataclasses.replace(sweep, seeds=tuple(args.seeds))
         chosen = [v for v in sweep.variants if not args.only or v.name in args.only]
         missing = sorted(set(args.only or ()) - {v.name for v in sweep.variants})
         if missing:
@@ -272,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                               f"{[v.name for v in sweep.variants]}")
         jobs = [(s, v, k) for s in sweep.shifts for v in chosen for k in sweep.seeds]
         stale: list[str] = []
-        scorers = LazyScorers({"mini": settings_for("mini", n_clip=sweep.n_eval)})  # loaded at first use
+        scorers = LazyScorers({"mini": settings_for("mini", n_clip=sweep.n_eval, n_lpips=sweep.n_lpips,
+                                                    n_fid=sweep.n_fid)})  # loaded at first use
         for shift_name in sweep.shifts:
             check_settings(scorers.settings("mini"), load_shift(shift_name))
         for i, (shift_name, variant, seed) in enumerate(jobs):
