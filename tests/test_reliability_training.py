@@ -226,3 +226,20 @@ def test_cli_divergence_exits_3_with_one_line_and_no_done(tmp_path):
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert run.returncode == 3 and len(lines) == 1 and "training diverged: the images ran away" in lines[0], err
     assert not (run_dir / "DONE").exists()
+
+
+def test_the_source_baseline_respects_the_run_lock(tmp_path):
+    from baselines.source import adapt as source_adapt
+    from replication.config import load_shift
+    from replication.runio import run_lock
+    from replication.training_loop import RunBusyError
+
+    G = tiny_G()
+    shift_cfg = load_shift("mini--sketch")
+    with run_lock(tmp_path) as held:
+        assert held
+        with pytest.raises(RunBusyError, match="another process"):
+            source_adapt(G, shift_cfg, 0, tmp_path)
+        assert not (tmp_path / "DONE").exists() and not (tmp_path / "config.json").exists()
+    source_adapt(G, shift_cfg, 0, tmp_path)
+    assert (tmp_path / "DONE").exists() and not (tmp_path / ".lock").exists()
