@@ -9,7 +9,7 @@ from replication.checkpoint import load_generator
 from replication.clip_models import ClipEncoder, load_weighted_encoders
 from replication.config import NadaConfig, ShiftConfig, TaskConfig
 from replication.layer_select import apply_selection, select_layers
-from replication.losses import ClipGuidance, GuidanceConfig, image_direction
+from replication.losses import ClipGuidance, GuidanceConfig, ImageFolderError, image_direction
 from replication.networks import Generator
 from replication.training_loop import StepContext, run_nada
 
@@ -51,6 +51,22 @@ def resolve_generator_path(name: str) -> Path:
     return converted
 
 
+def resolve_guidance_images(value: str | None, key: str = "target_images") -> str | list[Path] | None:
+    """[task] target_images / source_images: a folder of images, or the name of an image set in env/weights.toml
+    (its hash-checked file; a missing one is a one-line WeightError saying where to get it)."""
+    if value is None or Path(value).is_dir():
+        return value
+    from replication import weights
+
+    registry = weights.registry()
+    entry = registry.get(value)
+    if entry is None or entry.kind != "image-set":
+        sets = ", ".join(sorted(n for n, e in registry.items() if e.kind == "image-set")) or "none"
+        raise ImageFolderError(f"[task] {key} {value!r} is neither an existing folder of images nor an image set of "
+                               f"env/weights.toml (image sets: {sets})")
+    return [weights.resolve(value)]
+
+
 def load_encoders(cfg: NadaConfig, device: torch.device) -> list[tuple[ClipEncoder, float]]:
     """Load the run's CLIP models; a zero-weight model is not even loaded (the original evaluated it every step)."""
     return load_weighted_encoders(cfg.clip_models, cfg.clip_model_weights, device, antialias=cfg.antialias,
@@ -64,7 +80,9 @@ def build_guidance(task: TaskConfig, cfg: NadaConfig, encoders: list[tuple[ClipE
                           lambda_patch=cfg.lambda_patch, lambda_manifold=cfg.lambda_manifold, mode=cfg.mode)
     directions = None
     if task.target_images is not None:
-        directions = [image_direction(enc, task.target_images, task.source_images, G_src=G_src,
+        target, source = (resolve_guidance_images(task.target_images),
+                          resolve_guidance_images(task.source_images, "source_images"))
+        directions = [image_direction(enc, target, source, G_src=G_src,
                                       rng=torch.Generator().manual_seed(rng.initial_seed()))
                       for enc, _ in encoders]
     return ClipGuidance(encoders, task.source_text or None, task.target_text or None, gcfg, directions=directions,

@@ -34,9 +34,9 @@ from typing import Any
 from replication.checkpoint import sha256_file
 from replication.runio import REPO_ROOT
 
-KINDS = ("generator", "clip", "inception", "alexnet", "vgg", "evaluator", "test-fixture")
+KINDS = ("generator", "clip", "inception", "alexnet", "vgg", "evaluator", "test-fixture", "image-set")
 FORMATS = ("tf-stylegan2", "stylegan2-ada-pytorch", "rosinality", "nada-replication-checkpoint", "clip-jit",
-           "torch-state-dict", "golden-tensors")
+           "torch-state-dict", "golden-tensors", "image-file")  # image-file: an image-set of one target image
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -49,7 +49,7 @@ class WeightEntry:
     """One official weight file: what it is, where it comes from, and how to check it."""
 
     name: str
-    kind: str  # generator | clip | inception | alexnet | vgg | evaluator | test-fixture
+    kind: str  # generator | clip | inception | alexnet | vgg | evaluator | test-fixture | image-set
     format: str  # tf-stylegan2 | stylegan2-ada-pytorch | rosinality | clip-jit | torch-state-dict ...
     url: str
     filename: str  # file name inside weights_dir()

@@ -1,4 +1,4 @@
-"""Flatten every run's metrics.jsonl under results/runs into results/scores.csv (long format, sorted, deterministic).
+"""Flatten every run's metrics.jsonl under runs/ into runs/scores.csv (long format, sorted, deterministic).
 
 Example: python -m results.collect
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 
 from replication.runio import REPO_ROOT, atomic_write_text
 
-RUNS_DIR = REPO_ROOT / "results" / "runs"
-SCORES_CSV = REPO_ROOT / "results" / "scores.csv"
+RUNS_DIR = REPO_ROOT / "runs"
+SCORES_CSV = RUNS_DIR / "scores.csv"
 COLUMNS = ("world", "shift", "method", "seed", "mode", "metric", "value", "n_samples", "protocol", "code_version")
 
 

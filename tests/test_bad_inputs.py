@@ -202,7 +202,7 @@ CASES = [
     ("sweep-seeds-no-value", "sweep", sweep(SWEEP_OK), ["--seeds"], r"--seeds needs at least one seed"),
     ("sweep-only-no-value", "sweep", sweep(SWEEP_OK), ["--only"], r"--only needs at least one variant name"),
     ("sweep-only-unknown", "sweep", sweep(SWEEP_OK), ["--only", "b"], r"--only names \['b'\] are not variants"),
-    ("sweep-threads-negative", "sweep", sweep(SWEEP_OK), ["--threads", "-2"], r"--threads -2: give a count >= 1, or 0"),
+    ("sweep-threads-negative", "sweep", sweep(SWEEP_OK), ["--threads", "-2"], r"--threads -2: give a count >= 0"),
     ("sweep-device-cuda", "sweep", sweep(SWEEP_OK), ["--device", "cuda"], r"--device cuda: torch sees no CUDA GPU"),
     ("sweep-outdir-is-file", "sweep", {**sweep(SWEEP_OK), "out": "x"}, [], r"--outdir .*out cannot be a folder"),
     # replicate CLI arguments
@@ -210,7 +210,7 @@ CASES = [
     ("replicate-seeds-negative", "replicate", {}, ["--seeds", "0", "-3"], r"--seeds -3: seeds are integers in \[0, "),
     ("replicate-shifts-no-value", "replicate", {}, ["--shifts"], r"--shifts needs at least one name"),
     ("replicate-methods-no-value", "replicate", {}, ["--methods"], r"--methods needs at least one name"),
-    ("replicate-n-eval-0", "replicate", {}, ["--n-eval", "0"], r"--n-eval 0: the scores need at least 2 latents"),
+    ("replicate-n-eval-0", "replicate", {}, ["--n-eval", "0"], r"--n-eval 0: a score needs at least 2 samples"),
     ("replicate-method-unknown", "replicate", {}, ["--methods", "gan"], r"unknown method\(s\) \['gan'\]"),
     ("replicate-shift-unknown", "replicate", {}, ["--shifts", "nope"], r"unknown shift 'nope'"),
     ("replicate-device-cuda", "replicate", {}, ["--device", "cuda"], r"--device cuda: torch sees no CUDA GPU"),
@@ -233,7 +233,6 @@ def no_training(monkeypatch):
 
     for name in baselines.METHODS:
         monkeypatch.setitem(baselines.METHODS, name, train)
-    monkeypatch.setattr(replication.pipeline.sweep, "adapt", train)
 
 
 def _files(root) -> dict:

@@ -1,5 +1,7 @@
 """Metric maths, statistics over seeds, the scores collector and the figure scripts on a fixture results tree."""
+import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,7 +114,7 @@ def test_a_mini_run_is_current_only_for_todays_generator_clip_and_scorers(tmp_pa
     from replication.pipeline.scoring import scorer_sha256, write_metrics
     from replication.config import load_shift
     from replication.nada import run_weight_sha256
-    from replication.pipeline.replicate import run_is_current
+    from replication.pipeline.launch import run_is_current
 
     shift = load_shift("mini--sketch")
     trained_on = run_weight_sha256(shift)
@@ -131,22 +133,23 @@ def test_rescore_scores_a_finished_run_again_without_training(tmp_path):
     import torch
 
     from replication.config import load_shift
-    from replication.pipeline.replicate import can_rescore, run_one
+    from replication.pipeline.launch import Job, JobOptions, can_rescore, run_job
     from metrics.scoring import ScoringSettings
-    from replication.pipeline.scoring import LazyScorers
 
     torch.set_num_threads(1)
-    scorer = LazyScorers({"mini": ScoringSettings(n_clip=8, n_lpips=10, n_fid=8)})
-    shift = load_shift("mini--sketch")
-    run_dir = run_one("mini--sketch", "source", 0, tmp_path, torch.device("cpu"), progress=False, scorers=scorer)
+    options = JobOptions(outdir=str(tmp_path), settings={"mini": ScoringSettings(n_clip=8, n_lpips=10, n_fid=8)})
+    shift, job = load_shift("mini--sketch"), Job("mini--sketch", "source", 0)
+    result = run_job(job, options)
+    assert result.status == "trained"
+    run_dir = Path(result.run_dir)
     metrics = run_dir / "metrics.jsonl"
     first = metrics.read_text()
     assert "truth_clip_dir_miniclipb_n8" in first and "train_truth_clip_dir_miniclipa_n8" in first
     metrics.write_text('{"metric": "old", "value": 0.0}\n')  # scored by an older metric set
-    run_one("mini--sketch", "source", 0, tmp_path, torch.device("cpu"), progress=False, scorers=scorer)
+    assert run_job(job, options).status == "kept"
     assert "old" in metrics.read_text()  # a finished run is kept as it is ...
     assert can_rescore(run_dir, shift, "source") and not can_rescore(run_dir, shift, "nada")  # nada: no G_tgt.pt
-    run_one("mini--sketch", "source", 0, tmp_path, torch.device("cpu"), progress=False, scorers=scorer, rescore=True)
+    assert run_job(job, dataclasses.replace(options, rescore=True)).status == "rescored"
     assert metrics.read_text() == first  # ... unless asked to rescore, which reproduces the scores exactly
 
 

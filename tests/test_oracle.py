@@ -103,13 +103,11 @@ def test_oracles_refuse_a_paper_shift_in_one_line(method):
         check_method(method, load_shift("ffhq--sketch"))
 
 
-def test_replicate_trains_the_oracles_by_default_on_the_mini_world_only():
+def test_replicate_trains_nada_by_default_and_the_oracles_when_asked():
     from replication.pipeline.replicate import methods_for
 
-    assert {METHOD_NAME, CLIP_ORACLE_NAME, "nada"} <= set(methods_for("mini", None))
-    assert not {METHOD_NAME, CLIP_ORACLE_NAME} & set(methods_for("paper", None))
-    assert "nada" in methods_for("paper", [])
-    assert methods_for("mini", ["nada"]) == ["nada"]
+    assert methods_for("mini", None) == methods_for("paper", None) == ["nada"]
+    assert methods_for("mini", [METHOD_NAME, CLIP_ORACLE_NAME]) == [METHOD_NAME, CLIP_ORACLE_NAME]
 
 
 def test_sweep_variants_can_name_a_method(tmp_path):

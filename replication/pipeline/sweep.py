@@ -13,27 +13,25 @@ import argparse
 import dataclasses
 import json
 import re
-import shutil
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import torch
 
 from baselines import METHODS, check_method
 from metrics.miniworld import NADA_BARS, bars_for_shift
-from metrics.scoring import metric_prefix
+from metrics.scoring import ScoringError, check_settings, metric_prefix
 from replication.checkpoint import CheckpointError
 from replication.clip_models import ClipModelError
 from replication.config import SEED_LIMIT, ConfigError, load_shift, shift_path
 from replication.losses import GuidanceError
-from replication.nada import adapt, load_source
-from replication.pipeline.replicate import run_is_current
-from metrics.scoring import ScoringError, check_settings
-from replication.pipeline.scoring import LazyScorers, score_and_write, settings_for
-from replication.pipeline.train import check_outdir, check_seeds, resolve_device, run_dir_for
+from replication.pipeline.launch import Job, JobOptions
+from replication.pipeline.replicate import add_launch_options, check_launch_options, run_jobs
+from replication.pipeline.scoring import settings_for
+from replication.pipeline.train import check_outdir, check_seeds, resolve_device
 from replication.runio import REPO_ROOT, atomic_write_text, is_done
 from replication.weights import WeightError
 from results.collect import CollectError, collect_rows, metric_rows, write_scores
@@ -146,26 +144,10 @@ def load_sweep(path: Path) -> Sweep:
     return sweep
 
 
-def run_variant(sweep: Sweep, shift_name: str, variant: Variant, seed: int, outdir: Path, scorers: LazyScorers,
-                *, progress: bool = True, device: torch.device = torch.device("cpu"), rerun_stale: bool = False) -> Path:
-    """Train (or keep) and score one run of the sweep; returns its run folder. A finished run is kept unless
-    rerun_stale is set and it was trained or scored with other weights than the registry's."""
-    shift = load_shift(shift_name, {"nada": variant.nada})
-    run_dir = run_dir_for(outdir / sweep.name, "mini", shift.task.name, variant.name, seed)
-    if is_done(run_dir) and (run_dir / "metrics.jsonl").is_file():
-        if not rerun_stale or run_is_current(run_dir, shift):
-            return run_dir
-        print(f"re-running {run_dir}: it was trained or scored with other weights than the registry's", flush=True)
-        shutil.rmtree(run_dir)
-    G_src, latent_avg, shas = load_source(shift, device)
-    if variant.method == "nada":
-        G_tgt = adapt(G_src, shift, seed, run_dir, weights_sha256=shas, progress=progress, latent_avg=latent_avg,
-                      method=f"nada[{variant.name}]")
-    else:
-        G_tgt = METHODS[variant.method](G_src, shift, seed, run_dir, weights_sha256=shas, progress=progress,
-                                        latent_avg=latent_avg)
-    score_and_write(run_dir, shift, G_src, G_tgt, scorers.for_shift(shift), progress)
-    return run_dir
+def sweep_jobs(sweep: Sweep, variants: list[Variant], seeds: tuple[int, ...]) -> list[Job]:
+    """One job per shift x variant x seed; a variant's folder is its name."""
+    return [Job(shift_name, v.method, seed, name=v.name, nada=tuple(sorted(v.nada.items())))
+            for shift_name in sweep.shifts for v in variants for seed in seeds]
 
 
 def _run_scores(run_dir: Path) -> dict[str, float] | None:
@@ -244,31 +226,26 @@ def summary_markdown(sweep: Sweep, outdir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, slurm_cluster: str | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m replication.pipeline.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep", type=Path, help="sweep TOML (replication/sweeps/*.toml)")
     p.add_argument("--only", nargs="*", help="run only these variant names")
     p.add_argument("--seeds", nargs="*", type=int, help="override the file's seeds")
     p.add_argument("--outdir", type=Path, default=SWEEPS_OUT)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     p.add_argument("--rerun-stale", action="store_true",
                    help="train again the finished runs made with other weights than the registry's")
-    p.add_argument("--no-progress", action="store_true")
+    add_launch_options(p)
     args = p.parse_args(argv)
     try:
         # every argument is checked before any weight loads or any file is written
         check_seeds(args.seeds, "--seeds")
         if args.only is not None and not args.only:
             raise ConfigError("--only needs at least one variant name (leave it out to run every variant)")
-        if args.threads < 0:
-            raise ConfigError(f"--threads {args.threads}: give a count >= 1, or 0 for torch's default")
-        device = resolve_device(args.device)
+        check_launch_options(args)
+        device = resolve_device(args.device) if args.launcher == "local" else args.device
         sweep = load_sweep(args.sweep)
         check_outdir(args.outdir)
-        if args.threads > 0:
-            torch.set_num_threads(args.threads)
         # the table covers every seed of the file and those asked for, not only this invocation's
         table_sweep = dataclasses.replace(sweep, seeds=tuple(sorted({*sweep.seeds, *(args.seeds or ())})))
         if args.seeds:
@@ -278,24 +255,15 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             raise ConfigError(f"--only names {missing} are not variants of {args.sweep}; it has "
                               f"{[v.name for v in sweep.variants]}")
-        jobs = [(s, v, k) for s in sweep.shifts for v in chosen for k in sweep.seeds]
-        stale: list[str] = []
-        scorers = LazyScorers({"mini": settings_for("mini", n_clip=sweep.n_eval, n_lpips=sweep.n_lpips,
-                                                    n_fid=sweep.n_fid)})  # loaded at first use
+        settings = {"mini": settings_for("mini", n_clip=sweep.n_eval, n_lpips=sweep.n_lpips, n_fid=sweep.n_fid)}
         for shift_name in sweep.shifts:
-            check_settings(scorers.settings("mini"), load_shift(shift_name))
-        for i, (shift_name, variant, seed) in enumerate(jobs):
-            print(f"[{i + 1}/{len(jobs)}] {shift_name} {variant.name} seed{seed}", flush=True)
-            run_dir = run_variant(sweep, shift_name, variant, seed, args.outdir, scorers,
-                                  progress=not args.no_progress, device=device, rerun_stale=args.rerun_stale)
-            if not run_is_current(run_dir, load_shift(shift_name, {"nada": variant.nada})):
-                stale.append(str(run_dir))
+            check_settings(settings["mini"], load_shift(shift_name))
     except (ConfigError, CheckpointError, ClipModelError, GuidanceError, WeightError, ScoringError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if stale:
-        print(f"warning: {len(stale)} finished run(s) were trained or scored with other weights than the registry's "
-              f"(first: {stale[0]}); redo them with --rerun-stale", file=sys.stderr)
+    options = JobOptions(outdir=str(args.outdir / sweep.name), settings=settings, device=str(device),
+                         threads=args.threads, rerun_stale=args.rerun_stale, progress=not args.no_progress)
+    failed = run_jobs(sweep_jobs(sweep, chosen, sweep.seeds), options, args, slurm_cluster)
     try:
         rows = collect_rows(args.outdir / sweep.name)
         table = table_markdown(table_sweep, args.outdir)
@@ -306,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     md_path = args.outdir / f"{sweep.name}.md"
     atomic_write_text(md_path, table)
     print(f"scores: {csv_path}\ntable: {md_path}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

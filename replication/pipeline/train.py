@@ -1,4 +1,4 @@
-"""CLI: train one domain shift with one method and seed into results/runs/<world>/<shift>/<method>/seed<k>/.
+"""CLI: train one domain shift with one method and seed into runs/<world>/<shift>/<method>/seed<k>/.
 
 Examples:
     python -m replication.pipeline.train --shift ffhq--sketch --seed 0
@@ -25,7 +25,7 @@ from replication.runio import REPO_ROOT, is_done
 from replication.training_loop import FINAL_NAME, RESUME_NAME, RunConflictError, TrainingDiverged
 from replication.weights import WeightError
 
-DEFAULT_OUTDIR = REPO_ROOT / "results" / "runs"
+DEFAULT_OUTDIR = REPO_ROOT / "runs"  # git-ignored; the shipped reference is results/reference/
 
 
 def run_dir_for(outdir: Path, world: str, shift: str, method: str, seed: int) -> Path:
