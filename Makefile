@@ -27,6 +27,8 @@ help:
 	@echo "make figures     redraw paper_figures/out/ from results/ only"
 	@echo "make test        build the trainer environment (.venv) if needed and run the CPU test suite"
 	@echo "make convert     convert every official generator found in the weight cache into our checkpoint format"
+	@echo "                 NVIDIA_TF_REPO=<clone of NVlabs/stylegan2> (with make env-legacy): cross-check each TF pickle"
+	@echo "                 against NVIDIA's graph; CONVERTER=tf: NVIDIA's unpickler exports the arrays instead"
 	@echo "make bench       seconds per training step and peak memory -> results/bench/"
 	@echo "make bench-recipes  each mini-world recipe's time on two threads, stage by stage -> results/bench/"
 	@echo "make bench-scoring  seconds to score one mini run with every metric -> results/bench/mini-scoring-cpu.json"
@@ -48,25 +50,42 @@ env-legacy: $(LEGACY_VENV)/.stamp
 $(LEGACY_VENV)/.stamp: env/legacy-requirements.txt
 	@if [ -z "$(PYTHON37)" ]; then \
 	  echo "error: no Python 3.7 found for the legacy TF 1.15 environment; install one (e.g. pyenv install 3.7.16) or pass PYTHON37=/path/to/python3.7" >&2; exit 2; fi
-	$(PYTHON37) -m venv $(LEGACY_VENV)
-	$(LEGACY_VENV)/bin/python -m pip install --quiet --upgrade "pip<24"
-	$(LEGACY_VENV)/bin/python -m pip install --quiet -r env/legacy-requirements.txt
+	@$(PYTHON37) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 7))' >/dev/null 2>&1 || { \
+	  echo "error: $(PYTHON37) is not a working Python 3.7 (TensorFlow 1.15 needs 3.7); pass PYTHON37=/path/to/python3.7" >&2; exit 2; }
+	@$(PYTHON37) -m venv $(LEGACY_VENV) || { echo "error: $(PYTHON37) -m venv $(LEGACY_VENV) failed (is the venv module installed?)" >&2; exit 2; }
+	@echo "installing env/legacy-requirements.txt into $(LEGACY_VENV) (log: $(LEGACY_VENV)/install.log)"
+	@{ $(LEGACY_VENV)/bin/python -m pip install --upgrade "pip<24" && \
+	  $(LEGACY_VENV)/bin/python -m pip install -r env/legacy-requirements.txt; } >$(LEGACY_VENV)/install.log 2>&1 || { \
+	  echo "error: pip could not install env/legacy-requirements.txt (tensorflow-cpu 1.15 for Python 3.7, from PyPI) into $(LEGACY_VENV); see $(LEGACY_VENV)/install.log" >&2; exit 2; }
 	touch $@
 
 test: env
 	$(PY) -m pytest tests
 
+# CONVERTER=tf-free (default): our restricted reader. CONVERTER=tf: NVIDIA's unpickler in the legacy env exports plain
+# arrays that the trainer env turns into the checkpoint. NVIDIA_TF_REPO + .venv-legacy: cross-check every TF pickle.
+CONVERTER ?= tf-free
 convert: env
-	$(PY) -m replication.convert --all
+	$(PY) -m replication.convert --all --converter $(CONVERTER) \
+		$(if $(NVIDIA_TF_REPO),--nvidia-tf-repo $(abspath $(NVIDIA_TF_REPO))) \
+		$(if $(CONVERT_OUT),--out-dir $(CONVERT_OUT)) $(if $(CROSSCHECK_TOL),--tolerance $(CROSSCHECK_TOL))
 
 crosscheck: env env-legacy
 	@if [ -z "$(NVIDIA_TF_REPO)" ]; then echo "error: pass NVIDIA_TF_REPO=/path/to/a/clone/of/NVlabs/stylegan2" >&2; exit 2; fi
 	NADA_NVIDIA_TF_REPO=$(abspath $(NVIDIA_TF_REPO)) NADA_CROSSCHECK_OUT=results/convert OMP_NUM_THREADS=1 \
-		$(PY) -m pytest tests/test_legacy_crosscheck.py -rs -m legacy
+		$(PY) -m pytest tests/test_legacy_crosscheck.py tests/test_convert_pipeline.py -rs -m legacy
+
+# How runs are launched (replicate, ablate): LAUNCHER=local (a process pool; WORKERS x THREADS, 0 = fit the machine)
+# or LAUNCHER=slurm (one submitit array job; SLURM_PARTITION, SLURM_TIME minutes, SLURM_GPUS, SLURM_CPUS).
+LAUNCHER ?= local
+LAUNCH = --launcher $(LAUNCHER) $(if $(WORKERS),--workers $(WORKERS)) $(if $(THREADS),--threads $(THREADS)) \
+	$(if $(SLURM_PARTITION),--slurm-partition $(SLURM_PARTITION)) $(if $(SLURM_TIME),--slurm-time $(SLURM_TIME)) \
+	$(if $(SLURM_GPUS),--slurm-gpus $(SLURM_GPUS)) $(if $(SLURM_CPUS),--slurm-cpus $(SLURM_CPUS)) $(if $(DEVICE),--device $(DEVICE))
 
 replicate: env
 	$(PY) -m replication.pipeline.replicate --world $(WORLD) $(if $(SHIFTS),--shifts $(SHIFTS)) \
-		$(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(RERUN_STALE),--rerun-stale) $(if $(RESCORE),--rescore)
+		$(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(RERUN_STALE),--rerun-stale) \
+		$(if $(RESCORE),--rescore) $(LAUNCH)
 
 # Each CLIP trains in resumable stages (SHIPPED_STAGES in replication/miniworld/clip_recipe.py): stage k writes
 # artifacts/mini_clip/<family>_stage<k>.pt (git-ignored), the next stage starts from it, and the last writes the shipped
