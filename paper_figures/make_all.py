@@ -1,4 +1,4 @@
-"""Draw every figure from results/scores.csv and the runs' sample grids only (no weights, no GPU).
+"""Draw every figure from the shipped reference (results/reference/: scores and final grids) only (no weights, no GPU).
 
 Example: python -m paper_figures.make_all
 """
@@ -125,7 +125,7 @@ def make_all(scores_csv: Path, runs_dir: Path, out: Path, seeds_csv: Path | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    for path in make_all(REPO_ROOT / "results" / "scores.csv", REPO_ROOT / "results" / "runs",
+    for path in make_all(REPO_ROOT / "results" / "reference" / "scores.csv", REPO_ROOT / "results" / "reference" / "runs",
                          REPO_ROOT / "paper_figures" / "out", REPO_ROOT / "results" / "sweeps" / "mini-seeds.csv"):
         print(f"figure: {path}")
     return 0

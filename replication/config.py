@@ -209,15 +209,34 @@ def validate(cfg: ShiftConfig, source: str = "config") -> ShiftConfig:
 
 def parse_shift(data: dict[str, Any], name: str, source: str = "config") -> ShiftConfig:
     """Build a ShiftConfig from a parsed TOML dict; unknown sections or keys are ConfigErrors."""
-    unknown = sorted(set(data) - {"task", "nada"})
+    unknown = sorted(set(data) - {"task", "nada", "verify"})
     if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {unknown}; valid: ['task', 'nada']")
+        raise ConfigError(f"{source}: unknown section(s) {unknown}; valid: ['task', 'nada', 'verify']")
+    parse_tolerances(data.get("verify", {}), source)  # checked with the rest; it does not change what trains
     for section in ("task", "nada"):
         if not isinstance(data.get(section, {}), dict):
             raise ConfigError(f"{source}: {section} must be the [{section}] table, got {data[section]!r}")
     task = _coerce(TaskConfig, "task", {"name": name, **data.get("task", {})}, source)
     nada = _coerce(NadaConfig, "nada", data.get("nada", {}), source)
     return validate(ShiftConfig(task=task, nada=nada), source)
+
+
+def parse_tolerances(table: Any, source: str = "config") -> dict[str, float]:
+    """A shift's [verify] table: stored metric name without its sample suffix -> the largest |fresh - reference| of
+    its mean over seeds that `make verify` accepts, e.g. mini_target_accuracy = 0.08."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: verify must be the [verify] table, got {table!r}")
+    for metric, tolerance in table.items():
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+            raise ConfigError(f"{source}: [verify] {metric} must be a tolerance >= 0, like {metric} = 0.05; "
+                              f"got {tolerance!r}")
+    return {metric: float(tolerance) for metric, tolerance in table.items()}
+
+
+def load_tolerances(shift: str) -> dict[str, float]:
+    """The [verify] tolerances of a shift file (empty when it states none)."""
+    path = shift_path(shift)
+    return parse_tolerances(tomllib.loads(path.read_text()).get("verify", {}), str(path))
 
 
 def shift_path(shift: str) -> Path:

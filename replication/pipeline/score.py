@@ -1,6 +1,6 @@
 """`make metrics RUN=...`: score finished runs of either world again and collect their rows into scores.csv.
 
-    python -m replication.pipeline.score results/runs/mini/mini--zombie/nada/seed0
+    python -m replication.pipeline.score runs/mini/mini--zombie/nada/seed0
     python -m replication.pipeline.score RUN_DIR --fid-reference data/afhq/train/dog      # a paper run, with FID
     python -m replication.pipeline.score RUN_DIR --bench results/bench/mini-scoring-cpu.json   # and time it
 
