@@ -12,7 +12,7 @@ SHIFTS ?=
 METHODS ?=
 SEEDS ?=
 
-.PHONY: env env-legacy test convert crosscheck replicate metrics bench-scoring figures collect bench bench-recipes mini-world mini-world-clip-a \
+.PHONY: env env-legacy test convert crosscheck replicate ablate verify reference metrics bench-scoring figures collect bench bench-recipes mini-world mini-world-clip-a \
 	mini-world-clip-b mini-world-evaluator mini-world-generator mini-measure clean-env help
 
 help:
@@ -21,6 +21,9 @@ help:
 	@echo "                 narrow it with SHIFTS=\"mini--sketch\" METHODS=\"nada source\" SEEDS=\"0\""
 	@echo "                 RERUN_STALE=1 re-runs finished mini runs trained or scored with other weights"
 	@echo "                 RESCORE=1 scores finished mini runs again from their saved final generator (new metrics)"
+	@echo "make ablate      the paper's ablations on the mini world (loss, freezing, mapper, CLIPs) -> runs/ablations/"
+	@echo "make verify      fresh scores (runs/scores.csv) against results/reference/ and published numbers"
+	@echo "make reference   copy finished runs into the shipped reference results/reference/ (the only writer)"
 	@echo "make -j2 mini-world  retrain the four shipped mini-world models (resumable; one thread per model)"
 	@echo "make mini-measure  re-measure the shipped mini-world models -> results/mini_world/"
 	@echo "make metrics RUN=<run folder> [FID_REFERENCE=<folder>]  score finished runs again (FID/KID, LPIPS, CLIP, truth)"
@@ -87,6 +90,20 @@ replicate: env
 		$(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(RERUN_STALE),--rerun-stale) \
 		$(if $(RESCORE),--rescore) $(LAUNCH)
 
+# The paper's ablations on the mini world (replication/ablations/mini.toml): loss, layer freezing, mapper, one vs two
+# CLIPs, seeds 0-2 -> runs/ablations/ (table and figure). ONLY="loss mapper" narrows it.
+ablate: env
+	$(PY) -m replication.pipeline.ablate $(if $(ONLY),--only $(ONLY)) $(if $(SEEDS),--seeds $(SEEDS)) $(LAUNCH)
+
+# Fresh scores (runs/scores.csv) against the shipped reference and the published numbers; exit 1 on a failure.
+verify: env
+	$(PY) -m replication.pipeline.verify --out runs/verify.md
+
+# The only writer of results/reference/: copies finished runs' small files from runs/, then redraws what reads them.
+reference: env
+	$(PY) -m results.publish
+	$(PY) -m paper_figures.ablations
+
 # Each CLIP trains in resumable stages (SHIPPED_STAGES in replication/miniworld/clip_recipe.py): stage k writes
 # artifacts/mini_clip/<family>_stage<k>.pt (git-ignored), the next stage starts from it, and the last writes the shipped
 # file. The four models are independent one-thread jobs: `make -j2 mini-world` trains two at a time on a 2-core
@@ -146,6 +163,7 @@ collect: env
 
 figures: env
 	$(PY) -m paper_figures.make_all
+	$(PY) -m paper_figures.ablations
 
 clean-env:
 	rm -rf $(VENV) $(LEGACY_VENV)

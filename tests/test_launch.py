@@ -10,25 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from metrics.scoring import ScoringSettings
 from replication.pipeline.launch import Job, JobOptions, launch, plan_workers
 from replication.pipeline.replicate import main as replicate_main
+from quickruns import SETTINGS, TINY, short_shift
 from replication.runio import REPO_ROOT
-
-TINY = ["--n-eval", "8", "--n-lpips", "10", "--n-fid", "8", "--no-figures", "--no-progress"]
-SETTINGS = {"mini": ScoringSettings(n_clip=8, n_lpips=10, n_fid=8)}
-
-
-def short_shift(tmp_path: Path, name: str = "mini--quick", iterations: int = 12) -> Path:
-    """A copy of mini--zombie that trains a few steps and checkpoints often (the same models and losses)."""
-    text = (REPO_ROOT / "replication" / "shifts" / "mini--zombie.toml").read_text()
-    text = text.replace("iterations = 300", f"iterations = {iterations}").replace("save_interval = 100",
-                                                                                 "save_interval = 2")
-    text = text.replace("output_interval = 100", f"output_interval = {iterations}")
-    path = tmp_path / f"{name}.toml"
-    path.write_text(text)
-    return path
-
 
 def test_workers_and_threads_fill_the_machine_without_oversubscribing(monkeypatch):
     monkeypatch.setattr("replication.pipeline.launch.machine_cores", lambda: 8)
