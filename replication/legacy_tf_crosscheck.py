@@ -1,22 +1,32 @@
-"""Render a TF StyleGAN2 pickle with NVIDIA's own TF graph (no pickle.load) to cross-check our TF-free conversion.
+"""The legacy-environment half of `make convert`: NVIDIA's own TF graph renders a TF StyleGAN2 pickle (cross-check) and,
+for ``CONVERTER=tf``, NVIDIA's own unpickler exports its variables as plain arrays.
 
 Runs in the legacy environment only (Python 3.7, tensorflow 1.15, numpy; NO torch; see env/legacy-requirements.txt)
-and needs the user's clone of NVlabs/stylegan2 (or NVlabs/stylegan2-ada for its TF pickles). What it does:
+and needs the user's clone of NVlabs/stylegan2 (or NVlabs/stylegan2-ada for its TF pickles). The trainer-side driver
+is ``replication/conversion/crosscheck.py``. What it does:
 
-1. reads the pickle with ``replication.safe_unpickle`` (the restricted reader: the pickled module source is never run);
-2. rebuilds Gs (and D) from the *clone's* code, ``dnnlib.tflib.Network(name, func_name=<module>.<build_func_name>,
-   **static_kwargs)``, with the custom CUDA ops forced to ``impl='ref'`` (no nvcc) and, on a CPU-only TF build,
+1. reads the pickle with ``replication.safe_unpickle`` (the restricted reader: the pickled module source is never run),
+   or, with ``--export-arrays``, with NVIDIA's own ``pickle.load`` as the original workflow did (this *runs the module
+   source stored in the pickle*: only for files whose sha256 was checked, which ``make convert`` does first);
+2. builds Gs (and D) with the custom CUDA ops forced to ``impl='ref'`` (no nvcc) and, on a CPU-only TF build,
    NCHW and grouped convolutions emulated with NHWC per-group calls (stock TF 1.15 CPU kernels support neither),
    ops soft-placed on the CPU, and an inert stand-in for ``requests`` if it is not installed (dnnlib imports it only
-   to download URLs);
-3. copies every variable from the pickled arrays into that graph (``tflib.set_vars``), checking names and shapes;
-4. renders N images from z ~ ``np.random.RandomState(seed).randn(N, z_dim)`` at truncation psi (default 0.5) with
-   ``randomize_noise=False`` (the fixed noise variables), scores them with D, and saves ``z``, ``images`` (NCHW, raw
-   TF output), ``noise{i}``, ``truncation_psi``, ``d_scores`` and, with ``--check-unfused``, ``images_unfused``
-   (the same render through NVIDIA's non-fused modulated conv, which needs no grouped convolution: it checks the
-   CPU emulation of the fused path) to an ``.npz``.
+   to download URLs): the restricted route rebuilds them from the *clone's* code,
+   ``dnnlib.tflib.Network(name, func_name=<module>.<build_func_name>, **static_kwargs)``, and
+3. (restricted route) copies every variable from the pickled arrays into that graph (``tflib.set_vars``), checking
+   names and shapes;
+4. renders N images from z ~ ``np.random.RandomState(seed).randn(N, z_dim)`` at truncation psi (default 0.5) and
+   optional ``truncation_cutoff`` with ``randomize_noise=False`` (the fixed noise variables), scores them with D, and
+   saves ``z``, ``images`` (NCHW, raw TF output), ``noise{i}``, ``truncation_psi``, ``truncation_cutoff`` (when set),
+   ``seed``, ``d_scores`` and, with ``--check-unfused``, ``images_unfused`` (the same render through NVIDIA's
+   non-fused modulated conv, which needs no grouped convolution: it checks the CPU emulation of the fused path) to an
+   ``.npz``; with ``--case SEED:PSI[:CUTOFF]`` (repeatable) ``--out`` is a folder and case k goes to ``case{k}.npz``;
+5. with ``--export-arrays OUT.npz``: writes every variable of G, D and Gs (``Network.__getstate__``, NVIDIA's own
+   pickle export) as plain arrays plus a JSON description (:func:`write_network_arrays`); the trainer environment
+   builds the checkpoint from it with ``np.load(allow_pickle=False)`` (``replication/conversion/tf_arrays.py``).
 
-Then, in the main (torch) environment, compare with our converted checkpoint::
+`make convert NVIDIA_TF_REPO=...` runs all of it for every official file. By hand, in the main (torch) environment,
+compare with our converted checkpoint::
 
     .venv-legacy/bin/python replication/legacy_tf_crosscheck.py --nvidia-repo ~/src/stylegan2 \\
         --pickle cache/weights/stylegan2-church-config-f.pkl --out cache/crosscheck/church_tf.npz
@@ -30,9 +40,13 @@ and writes a TF / ours / |diff| grid PNG, as the original convert_weight.py did.
 from __future__ import absolute_import, annotations, division, print_function
 
 import argparse
+import hashlib
 import importlib
+import json
 import os
+import pickle
 import sys
+from collections import OrderedDict
 
 import numpy as np
 
@@ -45,6 +59,9 @@ from replication.safe_unpickle import TFNetworkState, UnsafePickleError, safe_lo
 DEFAULT_N = {1024: 4, 512: 9, 256: 16}
 _PATCHED = []  # non-empty once setup_nvidia_tf has patched TF and dnnlib in this process
 D_CHUNK = 4  # images per D call: the minibatch-stddev group size of the official configs and of our Discriminator
+ARRAYS_FORMAT = "nada-tf-network-arrays"  # the --export-arrays file; read by replication/conversion/tf_arrays.py
+ARRAYS_FORMAT_VERSION = 1
+NETWORK_ORDER = ("G", "D", "Gs")  # the order of NVIDIA's snapshot tuple
 
 
 class CrossCheckError(ValueError):
@@ -198,8 +215,12 @@ def _route_nchw_through_nhwc(tf):
     tf.nn.conv2d_transpose = conv2d_transpose_cpu
 
 
-def setup_nvidia_tf(nvidia_repo, networks_module):
-    """Import TF and the clone's dnnlib / networks module with the CPU workarounds applied; returns (tf, tflib)."""
+def setup_nvidia_tf(nvidia_repo, networks_module=None):
+    """Import TF and the clone's dnnlib (and networks module) with the CPU workarounds applied; returns (tf, tflib).
+
+    The patches are in place before any network code is imported or unpickled, so a network built from a pickle's
+    own module source (NVIDIA's pickle.load) binds the patched ops too.
+    """
     if not os.path.isdir(os.path.join(nvidia_repo, "dnnlib", "tflib")):
         raise CrossCheckError("%s is not a clone of NVlabs/stylegan2(-ada): no dnnlib/tflib; pass --nvidia-repo "
                               "pointing at one" % nvidia_repo)
@@ -216,7 +237,8 @@ def setup_nvidia_tf(nvidia_repo, networks_module):
         if not tf.test.is_gpu_available():
             _route_nchw_through_nhwc(tf)
         _PATCHED.append(True)
-    importlib.import_module(networks_module)
+    if networks_module:
+        importlib.import_module(networks_module)
     # Network.run pins its graph to /gpu:0; soft placement lets a CPU-only TF run it.
     tflib.init_tf({"allow_soft_placement": True})
     return tf, tflib
@@ -250,14 +272,114 @@ def rebuild_and_load(state, networks_module, tflib):
     return net
 
 
-def render(gs, gs_state, n, seed, psi):
-    """z, images (NCHW) and the fixed noise maps of a Gs render."""
+def load_with_nvidia_code(path):
+    """(G, D, Gs) unpickled by NVIDIA's own code, as its loaders do (runs the module source stored in the pickle).
+
+    Call :func:`setup_nvidia_tf` first (it initialises TF and patches the ops the pickled source imports).
+    """
+    if not os.path.isfile(path):
+        raise CrossCheckError("pickle not found: %s; pass --pickle pointing at a TF StyleGAN2 .pkl" % path)
+    with open(path, "rb") as handle:
+        nets = pickle.load(handle, encoding="latin1")
+    if not (isinstance(nets, tuple) and len(nets) == 3):
+        raise CrossCheckError("%s is not a TF StyleGAN2 pickle (G, D, Gs)" % path)
+    return nets
+
+
+def _plain_kwargs(kwargs, where):
+    def plain(key, value):
+        if isinstance(value, np.generic):
+            return value.item()
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, (list, tuple)):
+            return [plain(key, v) for v in value]
+        if isinstance(value, dict):
+            return OrderedDict((str(k), plain(key, v)) for k, v in value.items())
+        raise CrossCheckError("%s: static kwarg %r is a %s, which the array export cannot carry"
+                              % (where, key, type(value).__name__))
+
+    return OrderedDict((str(k), plain(k, v)) for k, v in dict(kwargs).items())
+
+
+def _network_record(net, state_of, arrays, where):
+    state = state_of(net)
+    variables = []
+    for name, value in state["variables"]:
+        value = np.asarray(value)
+        if value.dtype.kind not in "fiub":
+            raise CrossCheckError("%s: variable %s has dtype %s, not a number" % (where, name, value.dtype))
+        key = "v%d" % len(arrays)
+        arrays[key] = value
+        variables.append([str(name), key])
+    components = OrderedDict()
+    for comp_key, comp in dict(state.get("components") or {}).items():
+        components[str(comp_key)] = _network_record(comp, state_of, arrays, where + "/" + str(comp_key))
+    return OrderedDict([("name", str(state["name"])), ("version", int(state["version"])),
+                        ("build_func_name", str(state["build_func_name"])),
+                        ("static_kwargs", _plain_kwargs(state.get("static_kwargs") or {}, where)),
+                        ("variables", variables), ("components", components)])
+
+
+def write_network_arrays(nets, out_path, source_path, state_of=None):
+    """Write (G, D, Gs) as plain arrays ``v0, v1, ...`` plus ``meta``, a JSON string describing each network.
+
+    ``state_of(net)`` gives the dict NVIDIA's ``Network.__getstate__`` returns (the default: call it, i.e. NVIDIA's
+    own pickle export); its ``components`` are networks again. ``meta`` names the source file and its sha256. Nothing
+    in the file needs unpickling.
+    """
+    state_of = state_of or (lambda net: net.__getstate__())
+    arrays = OrderedDict()
+    records = OrderedDict((key, _network_record(net, state_of, arrays, key)) for key, net in zip(NETWORK_ORDER, nets))
+    digest = hashlib.sha256()
+    with open(source_path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    meta = OrderedDict([("format", ARRAYS_FORMAT), ("format_version", ARRAYS_FORMAT_VERSION),
+                        ("source", OrderedDict([("filename", os.path.basename(source_path)),
+                                                ("sha256", digest.hexdigest())])),
+                        ("networks", records)])
+    _atomic_savez(out_path, dict(arrays, meta=np.array(json.dumps(meta))))
+
+
+def _atomic_savez(path, arrays):
+    out_dir = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(out_dir):
+        os.makedirs(out_dir)
+    tmp = os.path.join(out_dir, ".tmp-" + os.path.basename(path))
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+    os.replace(tmp, path)
+
+
+def noise_maps(gs, tflib):
+    """The synthesis network's fixed noise variables by name (noise0, noise1, ...), read from the graph."""
+    own = gs.components["synthesis"].own_vars
+    names = [name for name in own if name.startswith("noise")]
+    return dict(zip(names, tflib.run([own[name] for name in names])))
+
+
+def render(gs, n, seed, psi, cutoff=None):
+    """z and images (NCHW) of a Gs render at truncation psi (layers < cutoff only, when given) with the fixed noise."""
     z_dim = gs.input_shape[1]
     z = np.random.RandomState(seed).randn(n, z_dim).astype(np.float32)
-    images = gs.run(z, None, truncation_psi=psi, randomize_noise=False)
-    synthesis = gs_state.components["synthesis"]
-    noise = dict((name, value) for name, value in synthesis.variables if name.startswith("noise"))
-    return z, np.asarray(images, dtype=np.float32), noise
+    images = gs.run(z, None, truncation_psi=psi, truncation_cutoff=cutoff, randomize_noise=False)
+    return z, np.asarray(images, dtype=np.float32)
+
+
+def parse_case(text):
+    """'SEED:PSI' or 'SEED:PSI:CUTOFF' -> (seed, psi, cutoff or None)."""
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError(text)
+        seed, psi = int(parts[0]), float(parts[1])
+        cutoff = int(parts[2]) if len(parts) == 3 and parts[2] not in ("", "none", "None") else None
+    except ValueError:
+        raise CrossCheckError("--case must be SEED:PSI or SEED:PSI:CUTOFF (e.g. 0:1 or 2:0.7:4), got %r" % text)
+    if cutoff is not None and cutoff < 0:
+        raise CrossCheckError("--case %r: the cutoff must be >= 0" % text)
+    return seed, psi, cutoff
 
 
 def discriminator_scores(d, images, chunk=D_CHUNK):
@@ -274,47 +396,66 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Render a TF StyleGAN2 pickle with NVIDIA's TF code (legacy env).")
     parser.add_argument("--nvidia-repo", required=True, help="clone of NVlabs/stylegan2 or NVlabs/stylegan2-ada")
     parser.add_argument("--pickle", required=True, help="the TF pickle (G, D, Gs)")
-    parser.add_argument("--out", required=True, help="output .npz")
+    parser.add_argument("--out", default=None, help="output .npz (a folder of case{k}.npz with --case)")
     parser.add_argument("--n", type=int, default=None, help="number of images (default 4/9/16 at 1024/512/256)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--psi", type=float, default=0.5)
+    parser.add_argument("--truncation-cutoff", type=int, default=None,
+                        help="truncate only W+ layers with index < this (NVIDIA's truncation_cutoff)")
+    parser.add_argument("--case", action="append", default=[], metavar="SEED:PSI[:CUTOFF]",
+                        help="render this case (repeatable; replaces --seed/--psi/--truncation-cutoff)")
     parser.add_argument("--networks-module", default=None, help="override: module defining G_main")
     parser.add_argument("--no-discriminator", action="store_true", help="do not score the images with the pickle's D")
     parser.add_argument("--check-unfused", action="store_true",
                         help="also render through NVIDIA's non-fused modulated conv (images_unfused in the npz)")
+    parser.add_argument("--export-arrays", default=None, metavar="NPZ",
+                        help="unpickle with NVIDIA's own code (runs the pickle's module source: trusted files only) "
+                             "and write every variable of G, D, Gs as plain arrays; renders then use that network")
     args = parser.parse_args(argv)
     try:
         if args.n is not None and args.n < 1:
             raise CrossCheckError("--n must be at least 1, got %d" % args.n)
-        _, d_state, gs_state = read_tf_pickle(args.pickle)
-        module = args.networks_module or guess_networks_module(gs_state)
-        _, tflib = setup_nvidia_tf(args.nvidia_repo, module)
-        gs = rebuild_and_load(gs_state, module, tflib)
+        if args.out is None and args.export_arrays is None:
+            raise CrossCheckError("pass --out (renders) and/or --export-arrays")
+        cases = [parse_case(c) for c in args.case] or [(args.seed, args.psi, args.truncation_cutoff)]
+        if args.export_arrays:
+            _, tflib = setup_nvidia_tf(args.nvidia_repo, args.networks_module)
+            _, d, gs = nets = load_with_nvidia_code(args.pickle)
+            write_network_arrays(nets, args.export_arrays, args.pickle)
+            print("wrote %s: G, D, Gs unpickled by NVIDIA's code, exported as plain arrays" % args.export_arrays)
+        else:
+            _, d_state, gs_state = read_tf_pickle(args.pickle)
+            module = args.networks_module or guess_networks_module(gs_state)
+            _, tflib = setup_nvidia_tf(args.nvidia_repo, module)
+            gs = rebuild_and_load(gs_state, module, tflib)
+            d = None if args.no_discriminator or args.out is None else rebuild_and_load(d_state, module, tflib)
+        if args.out is None:
+            return 0
         resolution = int(gs.output_shape[-1])
         n = args.n or DEFAULT_N.get(resolution, 4)
-        z, images, noise = render(gs, gs_state, n, args.seed, args.psi)
-        extra = {}
-        if args.check_unfused:
-            # Same variables, other graph: NVIDIA's non-fused path needs no grouped conv, so it checks our emulation.
-            gs_unfused = gs.clone(gs.name + "_unfused", fused_modconv=False)
-            _, extra["images_unfused"], _ = render(gs_unfused, gs_state, n, args.seed, args.psi)
-        if not args.no_discriminator:
-            d = rebuild_and_load(d_state, module, tflib)
-            extra["d_scores"] = discriminator_scores(d, images)
-            extra["d_chunk"] = np.int64(D_CHUNK)
-        out_dir = os.path.dirname(os.path.abspath(args.out))
-        if not os.path.isdir(out_dir):
-            os.makedirs(out_dir)
-        tmp = os.path.join(out_dir, ".tmp-" + os.path.basename(args.out))
-        with open(tmp, "wb") as handle:
-            np.savez(handle, z=z, images=images, truncation_psi=np.float32(args.psi), **dict(noise, **extra))
-        os.replace(tmp, args.out)
-        print("wrote %s: %d images at %dpx, psi %.2f, image range [%.3f, %.3f]%s"
-              % (args.out, n, resolution, args.psi, images.min(), images.max(),
-                 "" if args.no_discriminator else ", D scores"))
+        noise = noise_maps(gs, tflib)
+        gs_unfused = gs.clone(gs.name + "_unfused", fused_modconv=False) if args.check_unfused else None
+        for k, (seed, psi, cutoff) in enumerate(cases):
+            z, images = render(gs, n, seed, psi, cutoff)
+            extra = {}
+            if gs_unfused is not None:
+                # Same variables, other graph: NVIDIA's non-fused path needs no grouped conv: it checks our emulation.
+                extra["images_unfused"] = render(gs_unfused, n, seed, psi, cutoff)[1]
+            if not args.no_discriminator:
+                extra["d_scores"] = discriminator_scores(d, images)
+                extra["d_chunk"] = np.int64(D_CHUNK)
+            if cutoff is not None:
+                extra["truncation_cutoff"] = np.int64(cutoff)
+            out = os.path.join(args.out, "case%d.npz" % k) if args.case else args.out
+            _atomic_savez(out, dict(noise, z=z, images=images, truncation_psi=np.float32(psi), seed=np.int64(seed),
+                                    **extra))
+            print("wrote %s: %d images at %dpx, psi %.2f, cutoff %s, image range [%.3f, %.3f]%s"
+                  % (out, n, resolution, psi, cutoff, images.min(), images.max(),
+                     "" if args.no_discriminator else ", D scores"))
         return 0
-    except (CrossCheckError, ValueError, ImportError) as exc:
-        print("error: %s" % exc, file=sys.stderr)
+    except (CrossCheckError, ValueError, ImportError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print("error: %s" % first, file=sys.stderr)
         return 2
 
 

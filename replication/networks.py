@@ -565,17 +565,31 @@ class Generator(nn.Module):
             f"got {list(w.shape)}"
         )
 
+    def _truncate(self, style: torch.Tensor, psi: float, avg: torch.Tensor, cutoff: int | None) -> torch.Tensor:
+        """avg + psi (style - avg) on every W+ layer, or on layers < cutoff only (the others left as they are)."""
+        if cutoff is None:
+            return avg + psi * (style - avg)
+        wplus = self._broadcast_wplus(style)
+        layer = torch.arange(self.n_latent, device=wplus.device).reshape(1, -1, 1)
+        return torch.where(layer < cutoff, avg + psi * (wplus - avg), wplus)
+
     def make_wplus(self, styles: torch.Tensor | Sequence[torch.Tensor], *, input_is_latent: bool = False,
                    truncation: float = 1.0, truncation_latent: torch.Tensor | None = None,
-                   inject_index: int | None = None, rng: torch.Generator | None = None) -> torch.Tensor:
-        """z or w style(s) -> W+ [B, n_latent, style_dim]: map, truncate, broadcast, and cross over two styles."""
+                   inject_index: int | None = None, rng: torch.Generator | None = None,
+                   truncation_cutoff: int | None = None) -> torch.Tensor:
+        """z or w style(s) -> W+ [B, n_latent, style_dim]: map, truncate, broadcast, and cross over two styles.
+
+        truncation_cutoff: NVIDIA's semantics: only W+ layers with index < cutoff are truncated (None: all layers).
+        """
         styles = _as_style_list(styles)
         if not input_is_latent:
             styles = [self.mapping(s) for s in styles]
+        if truncation_cutoff is not None and (not _is_int(truncation_cutoff) or truncation_cutoff < 0):
+            raise NetworkInputError(f"truncation_cutoff must be None or an int >= 0, got {truncation_cutoff!r}")
         if truncation != 1.0:
             if truncation_latent is None:
                 raise NetworkInputError("truncation != 1 needs truncation_latent (e.g. G.mean_latent())")
-            styles = [truncation_latent + truncation * (s - truncation_latent) for s in styles]
+            styles = [self._truncate(s, truncation, truncation_latent, truncation_cutoff) for s in styles]
         if len(styles) == 1:
             return self._broadcast_wplus(styles[0])
         first, second = (self._broadcast_wplus(s) for s in styles)
@@ -652,8 +666,8 @@ class Generator(nn.Module):
                 noise_mode: str = "random", noise: Sequence[torch.Tensor | None] | None = None,
                 truncation: float = 1.0, truncation_latent: torch.Tensor | None = None,
                 inject_index: int | None = None, return_latents: bool = False,
-                rng: torch.Generator | None = None,
-                randomize_noise: bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                rng: torch.Generator | None = None, randomize_noise: bool | None = None,
+                truncation_cutoff: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """make_wplus then synthesis; returns (image, W+ if return_latents else None), like rosinality's Generator.
 
         `randomize_noise` is rosinality's spelling (True -> "random", False -> "const"); passing a `noise` list
@@ -666,7 +680,8 @@ class Generator(nn.Module):
                 raise NetworkInputError(f'a noise list was passed with noise_mode="{noise_mode}"; use "given"')
             noise_mode = "given"
         wplus = self.make_wplus(styles, input_is_latent=input_is_latent, truncation=truncation,
-                                truncation_latent=truncation_latent, inject_index=inject_index, rng=rng)
+                                truncation_latent=truncation_latent, inject_index=inject_index, rng=rng,
+                                truncation_cutoff=truncation_cutoff)
         image = self.synthesis(wplus, noise_mode=noise_mode, noise=noise, rng=rng)
         return image, (wplus if return_latents else None)
 

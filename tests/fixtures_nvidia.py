@@ -9,6 +9,7 @@ back the original state dict bit for bit.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import pickle
 import sys
@@ -20,7 +21,9 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from replication.conversion.crosscheck import find_legacy_tf, run_legacy
 from replication.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from replication.runio import REPO_ROOT
 
 # A module source that would leave a trace if anything ever executed it.
 def module_src_with_payload(marker: Path) -> str:
@@ -361,3 +364,93 @@ def write_ada_pickle(path: Path, g_ema: Generator, d_model: Discriminator, *, g_
         if extra_modules:
             data.update(extra_modules)
         path.write_bytes(pickle.dumps(data, protocol=4))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A real official TF network, built and pickled by NVIDIA's own code in the legacy environment.
+
+# The tiny official network: 32px, channels 32/32/16/8 (fmap_base 128 capped at 32), 2 mapping layers of width 64.
+OFFICIAL_TINY_KWARGS = dict(num_channels=3, resolution=32, label_size=0, fmap_base=128, fmap_max=32)
+OFFICIAL_TINY_G_KWARGS = dict(latent_size=64, dlatent_size=64, mapping_layers=2, mapping_fmaps=64)
+
+# Runs in the legacy environment (Python 3.7, TF 1.15, numpy; no torch). It builds G, D and Gs exactly as NVIDIA's
+# training loop does (tflib.Network with func_name=training.networks_stylegan2.G_main / D_stylegan2, Gs = G.clone),
+# sets every variable to random values and pickles (G, D, Gs) with NVIDIA's own training.misc.save_pkl.
+BUILDER_SOURCE = r'''
+import json
+import sys
+
+import numpy as np
+
+repo, nvidia_repo, out_path, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+common_kwargs, g_kwargs = json.loads(sys.argv[5]), json.loads(sys.argv[6])
+sys.path.insert(0, repo)
+from replication.legacy_tf_crosscheck import setup_nvidia_tf
+
+tf, tflib = setup_nvidia_tf(nvidia_repo, "training.networks_stylegan2")
+G = tflib.Network("G", func_name="training.networks_stylegan2.G_main", **dict(common_kwargs, **g_kwargs))
+D = tflib.Network("D", func_name="training.networks_stylegan2.D_stylegan2", **common_kwargs)
+Gs = G.clone("Gs")
+
+
+def random_value(name, shape, rng):
+    leaf = name.split("/")[-1]
+    mapping = name.startswith("G_mapping/")
+    if leaf == "lod":
+        return np.zeros(shape)  # anything else is a network in the middle of progressive growing
+    if leaf == "mod_bias":
+        return rng.randn(*shape) * 0.3  # TF adds the 1 at runtime: styles around 1, not around 0
+    if leaf == "noise_strength":
+        return rng.rand(*shape) * 0.3 + 0.1
+    if leaf == "dlatent_avg":
+        return rng.randn(*shape) * 0.5
+    if leaf == "bias":
+        # Mapping biases are multiplied by mapping_lrmul (0.01) at runtime; scale them up to matter.
+        return rng.randn(*shape) * (30.0 if mapping else 0.2)
+    if leaf == "weight" and mapping:
+        return rng.randn(*shape) * 100.0  # stored as N(0, 1/lrmul), like NVIDIA's initialiser
+    if leaf == "weight" and "ToRGB/" in name:
+        return rng.randn(*shape) * 0.25  # keeps the summed skip outputs near [-1, 1]
+    if leaf == "weight" and name.startswith("Output/"):
+        return rng.randn(*shape) * 10.0  # D scores that differ clearly between images
+    return rng.randn(*shape)  # conv / dense / mod weights, const, noise maps
+
+
+rng = np.random.RandomState(seed)
+counts = {}
+for net in (G, D, Gs):
+    values = {}
+    for name, var in net.vars.items():
+        values[var] = np.asarray(random_value(name, var.shape.as_list(), rng), dtype=np.float32)
+    tflib.set_vars(values)
+    counts[net.name] = len(values)
+from training import misc  # NVIDIA's snapshot writer, as its training loop uses it
+
+misc.save_pkl((G, D, Gs), out_path)
+print(json.dumps({"variables": counts, "tensorflow": tf.__version__, "numpy": np.__version__}))
+'''
+
+
+def official_tf_skip_reason(nvidia_repo: str | None, env_name: str) -> str | None:
+    """Why a test that builds an official TF network cannot run here (None: it can)."""
+    if not nvidia_repo:
+        return f"set {env_name}=/path/to/a/clone/of/NVlabs/stylegan2 to run the TF cross-check"
+    legacy, reason = find_legacy_tf(nvidia_repo)
+    if legacy is None:
+        return reason + ("; run `make env-legacy`" if "legacy" in reason else "")
+    if not (legacy.nvidia_repo / "training" / "networks_stylegan2.py").is_file():
+        return f"{env_name}={nvidia_repo} has no training/networks_stylegan2.py (NVlabs/stylegan2 needed)"
+    return None
+
+
+def build_official_tf_pickle(legacy: Any, out_path: Path, seed: int, work_dir: Path) -> dict:
+    """Build the tiny official (G, D, Gs) with NVIDIA's code, random variables, pickled by NVIDIA's save_pkl.
+
+    ``legacy`` is a :class:`replication.conversion.crosscheck.LegacyTF`; returns the builder's JSON summary.
+    """
+    builder = work_dir / "build_tiny_tf.py"
+    builder.write_text(BUILDER_SOURCE, encoding="utf-8")
+    out = run_legacy(legacy, [builder, REPO_ROOT, legacy.nvidia_repo, out_path, seed,
+                              json.dumps(OFFICIAL_TINY_KWARGS), json.dumps(OFFICIAL_TINY_G_KWARGS)],
+                     "building the tiny official TF network", timeout=600)
+    return json.loads(out.strip().splitlines()[-1])

@@ -22,108 +22,33 @@ import pytest
 import torch
 
 from replication import convert as conv
+from replication.conversion.crosscheck import LEGACY_PYTHON, TOLERANCE, LegacyTF, run_legacy
+from replication.conversion.crosscheck import LEGACY_SCRIPT as CROSSCHECK_SCRIPT
 from replication.checkpoint import load_checkpoint, load_generator, save_checkpoint
 from replication.networks import Discriminator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fixtures_nvidia import random_discriminator, random_generator, write_tf_pickle  # noqa: E402
+from fixtures_nvidia import (  # noqa: E402
+    OFFICIAL_TINY_G_KWARGS,
+    OFFICIAL_TINY_KWARGS,
+    build_official_tf_pickle,
+    official_tf_skip_reason,
+    random_discriminator,
+    random_generator,
+    write_tf_pickle,
+)
 
 torch.set_num_threads(1)
 
-REPO = Path(__file__).resolve().parent.parent
-LEGACY_PYTHON = REPO / ".venv-legacy" / "bin" / "python"
-CROSSCHECK_SCRIPT = REPO / "replication" / "legacy_tf_crosscheck.py"
 NVIDIA_REPO_ENV = "NADA_NVIDIA_TF_REPO"
 OUT_DIR_ENV = "NADA_CROSSCHECK_OUT"
-TOLERANCE = 1e-3  # float32 TF vs torch, images of range about [-2, 2]
 N_IMAGES = 4
 SEED = 0
 PSI = 0.5
 
-# The tiny official network: 32px, channels 32/32/16/8 (fmap_base 128 capped at 32), 2 mapping layers of width 64.
-TINY_KWARGS = dict(num_channels=3, resolution=32, label_size=0, fmap_base=128, fmap_max=32)
-TINY_G_KWARGS = dict(latent_size=64, dlatent_size=64, mapping_layers=2, mapping_fmaps=64)
-
-# Runs in the legacy environment (Python 3.7, TF 1.15, numpy; no torch). It builds G, D and Gs exactly as NVIDIA's
-# training loop does (tflib.Network with func_name=training.networks_stylegan2.G_main / D_stylegan2, Gs = G.clone),
-# sets every variable to random values and pickles (G, D, Gs) with NVIDIA's own training.misc.save_pkl.
-BUILDER_SOURCE = r'''
-import json
-import sys
-
-import numpy as np
-
-repo, nvidia_repo, out_path, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-common_kwargs, g_kwargs = json.loads(sys.argv[5]), json.loads(sys.argv[6])
-sys.path.insert(0, repo)
-from replication.legacy_tf_crosscheck import setup_nvidia_tf
-
-tf, tflib = setup_nvidia_tf(nvidia_repo, "training.networks_stylegan2")
-G = tflib.Network("G", func_name="training.networks_stylegan2.G_main", **dict(common_kwargs, **g_kwargs))
-D = tflib.Network("D", func_name="training.networks_stylegan2.D_stylegan2", **common_kwargs)
-Gs = G.clone("Gs")
-
-
-def random_value(name, shape, rng):
-    leaf = name.split("/")[-1]
-    mapping = name.startswith("G_mapping/")
-    if leaf == "lod":
-        return np.zeros(shape)  # anything else is a network in the middle of progressive growing
-    if leaf == "mod_bias":
-        return rng.randn(*shape) * 0.3  # TF adds the 1 at runtime: styles around 1, not around 0
-    if leaf == "noise_strength":
-        return rng.rand(*shape) * 0.3 + 0.1
-    if leaf == "dlatent_avg":
-        return rng.randn(*shape) * 0.5
-    if leaf == "bias":
-        # Mapping biases are multiplied by mapping_lrmul (0.01) at runtime; scale them up to matter.
-        return rng.randn(*shape) * (30.0 if mapping else 0.2)
-    if leaf == "weight" and mapping:
-        return rng.randn(*shape) * 100.0  # stored as N(0, 1/lrmul), like NVIDIA's initialiser
-    if leaf == "weight" and "ToRGB/" in name:
-        return rng.randn(*shape) * 0.25  # keeps the summed skip outputs near [-1, 1]
-    if leaf == "weight" and name.startswith("Output/"):
-        return rng.randn(*shape) * 10.0  # D scores that differ clearly between images
-    return rng.randn(*shape)  # conv / dense / mod weights, const, noise maps
-
-
-rng = np.random.RandomState(seed)
-counts = {}
-for net in (G, D, Gs):
-    values = {}
-    for name, var in net.vars.items():
-        values[var] = np.asarray(random_value(name, var.shape.as_list(), rng), dtype=np.float32)
-    tflib.set_vars(values)
-    counts[net.name] = len(values)
-from training import misc  # NVIDIA's snapshot writer, as its training loop uses it
-
-misc.save_pkl((G, D, Gs), out_path)
-print(json.dumps({"variables": counts, "tensorflow": tf.__version__, "numpy": np.__version__}))
-'''
-
 
 def _skip_reason() -> str | None:
-    nvidia_repo = os.environ.get(NVIDIA_REPO_ENV)
-    if not nvidia_repo:
-        return f"set {NVIDIA_REPO_ENV}=/path/to/a/clone/of/NVlabs/stylegan2 to run the TF cross-check"
-    if not (Path(nvidia_repo) / "dnnlib" / "tflib").is_dir():
-        return f"{NVIDIA_REPO_ENV}={nvidia_repo} is not a clone of NVlabs/stylegan2 (no dnnlib/tflib)"
-    if not (Path(nvidia_repo) / "training" / "networks_stylegan2.py").is_file():
-        return f"{NVIDIA_REPO_ENV}={nvidia_repo} has no training/networks_stylegan2.py (NVlabs/stylegan2 needed)"
-    if not LEGACY_PYTHON.is_file():
-        return f"no legacy TF 1.15 environment at {LEGACY_PYTHON.relative_to(REPO)}; run `make env-legacy`"
-    return None
-
-
-def _run_legacy(args: list[str], what: str) -> str:
-    env = dict(os.environ, OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONDONTWRITEBYTECODE="1")
-    env.pop("PYTHONPATH", None)  # the main venv's paths must not leak into Python 3.7
-    proc = subprocess.run([str(LEGACY_PYTHON), *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-25:])
-        raise AssertionError(f"{what} failed (exit {proc.returncode}):\n{tail}")
-    return proc.stdout
+    return official_tf_skip_reason(os.environ.get(NVIDIA_REPO_ENV), NVIDIA_REPO_ENV)
 
 
 def _git_commit(path: Path) -> str:
@@ -197,11 +122,8 @@ def test_converter_matches_nvidia_tf_graph(tmp_path):
                           tmp_path / "grid.png")
 
     # 1. A tiny official network from NVIDIA's code, every variable random, pickled by NVIDIA's Network.
-    builder = tmp_path / "build_tiny_tf.py"
-    builder.write_text(BUILDER_SOURCE, encoding="utf-8")
-    built = json.loads(_run_legacy([str(builder), str(REPO), str(nvidia_repo), str(pkl), str(SEED),
-                                    json.dumps(TINY_KWARGS), json.dumps(TINY_G_KWARGS)],
-                                   "building the tiny TF network").strip().splitlines()[-1])
+    legacy = LegacyTF(LEGACY_PYTHON, nvidia_repo)
+    built = build_official_tf_pickle(legacy, pkl, SEED, tmp_path)
     assert built["variables"]["Gs"] == built["variables"]["G"] > 0 and built["variables"]["D"] > 0
 
     # 2. Our TF-free conversion (restricted unpickler, no TensorFlow), D included.
@@ -210,9 +132,9 @@ def test_converter_matches_nvidia_tf_graph(tmp_path):
     assert ckpt.resolution == 32 and ckpt.d is not None and ckpt.g is not None
 
     # 3. NVIDIA's graph rebuilt from the pickle and rendered (fused and non-fused modconv), D scores of its images.
-    _run_legacy([str(CROSSCHECK_SCRIPT), "--nvidia-repo", str(nvidia_repo), "--pickle", str(pkl), "--out", str(npz),
-                 "--n", str(N_IMAGES), "--seed", str(SEED), "--psi", str(PSI), "--check-unfused"],
-                "legacy_tf_crosscheck.py")
+    run_legacy(legacy, [str(CROSSCHECK_SCRIPT), "--nvidia-repo", str(nvidia_repo), "--pickle", str(pkl), "--out",
+                        str(npz), "--n", str(N_IMAGES), "--seed", str(SEED), "--psi", str(PSI), "--check-unfused"],
+               "legacy_tf_crosscheck.py")
 
     # 4. Our generator and discriminator on the same z, noise and images.
     result = conv.compare_with_tf_render(pt, npz, grid)
@@ -246,7 +168,7 @@ def test_converter_matches_nvidia_tf_graph(tmp_path):
             "tf_fused_vs_unfused_max_abs_diff": result["tf_fused_vs_unfused_max_abs_diff"],
             "broken_rule_max_abs_diff": broken,
             "n_images": result["n_images"], "seed": SEED, "truncation_psi": PSI,
-            "network": {"G": dict(TINY_KWARGS, **TINY_G_KWARGS), "D": dict(TINY_KWARGS),
+            "network": {"G": dict(OFFICIAL_TINY_KWARGS, **OFFICIAL_TINY_G_KWARGS), "D": dict(OFFICIAL_TINY_KWARGS),
                         "variables": built["variables"]},
             "nvidia_repo": "NVlabs/stylegan2", "nvidia_repo_commit": _git_commit(nvidia_repo),
             "legacy_env": {"python": "3.7", "tensorflow": built["tensorflow"], "numpy": built["numpy"],
@@ -257,8 +179,8 @@ def test_converter_matches_nvidia_tf_graph(tmp_path):
                 f"{NVIDIA_REPO_ENV}={repo_rel} {OUT_DIR_ENV}=results/convert OMP_NUM_THREADS=1 "
                 ".venv/bin/python -m pytest -m legacy tests/test_legacy_crosscheck.py",
                 "# the test runs these steps:",
-                f".venv-legacy/bin/python build_tiny_tf.py . {repo_rel} tiny_tf.pkl {SEED} '<TINY_KWARGS>' "
-                "'<TINY_G_KWARGS>'   # BUILDER_SOURCE in tests/test_legacy_crosscheck.py",
+                f".venv-legacy/bin/python build_tiny_tf.py . {repo_rel} tiny_tf.pkl {SEED} "
+                "'<OFFICIAL_TINY_KWARGS>' '<OFFICIAL_TINY_G_KWARGS>'   # BUILDER_SOURCE in tests/fixtures_nvidia.py",
                 "python -m replication.convert tiny_tf.pkl tiny.pt",
                 f".venv-legacy/bin/python replication/legacy_tf_crosscheck.py --nvidia-repo {repo_rel} "
                 f"--pickle tiny_tf.pkl --out tiny_tf.npz --n {N_IMAGES} --seed {SEED} --psi {PSI} --check-unfused",

@@ -13,6 +13,7 @@ from replication.networks import DiscriminatorConfig, GeneratorConfig, make_blur
 FORMAT_TF = "tf-stylegan2"
 FORMAT_ADA = "ada-pytorch"
 FORMAT_ROSINALITY = "rosinality"
+FORMAT_TF_ARRAYS = "tf-arrays"  # a TF pickle exported as plain arrays by NVIDIA's code (CONVERTER=tf)
 _DEFAULT_BLUR = (1, 3, 3, 1)
 
 

@@ -7,21 +7,26 @@ from pathlib import Path
 from typing import Any
 
 from replication.checkpoint import CheckpointError, read_torch_file
-from replication.conversion.common import FORMAT_ADA, FORMAT_ROSINALITY, FORMAT_TF, ConversionError
+from replication.conversion.common import FORMAT_ADA, FORMAT_ROSINALITY, FORMAT_TF, FORMAT_TF_ARRAYS, ConversionError
+from replication.conversion.tf_arrays import is_tf_arrays, read_tf_arrays
 from replication.safe_unpickle import PersistentObjectState, TFNetworkState, UnsafePickleError, safe_load
 
 
-def load_source(path: Path) -> tuple[str, Any]:
-    """(format, loaded object) of a source file.
+def load_source(path: Path, expected: str | None = None) -> tuple[str, Any]:
+    """(format, loaded object) of a source file; ``expected="tf-arrays"`` reads it as an array export, whatever it is.
 
     No TensorFlow and no foreign code: pickles go through :mod:`replication.safe_unpickle` only, which turns NVIDIA's
-    network objects into inert records of their variables.
+    network objects into inert records of their variables; array exports are read with ``allow_pickle=False``.
     """
     if not path.exists():
         raise ConversionError(f"source not found: {path}")
     if not path.is_file():
         raise ConversionError(f"source is not a file: {path}")
+    if expected == FORMAT_TF_ARRAYS:
+        return FORMAT_TF_ARRAYS, read_tf_arrays(path)
     if zipfile.is_zipfile(path):
+        if is_tf_arrays(path):
+            return FORMAT_TF_ARRAYS, read_tf_arrays(path)
         return FORMAT_ROSINALITY, _read_torch(path)
     try:
         obj = safe_load(path)
@@ -49,5 +54,5 @@ def _read_torch(path: Path) -> Any:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """'tf-stylegan2', 'ada-pytorch' or 'rosinality' (rosinality also covers our own checkpoint format)."""
+    """'tf-stylegan2', 'ada-pytorch', 'rosinality' (also our own checkpoint format) or 'tf-arrays'."""
     return load_source(Path(path))[0]
