@@ -152,9 +152,30 @@ def bench_table(bench_dir: Path = BENCH_DIR) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Tables the figure scripts write beside the reference scores, shown in the README when present: (file, heading).
+REFERENCE_TABLES = (
+    ("comparison.md", "NADA against the baselines, mean [95% bootstrap CI] over seeds (`python -m paper_figures.comparison`)"),
+    ("ablations.md", "Ablations, mean [95% bootstrap CI] over seeds (`make ablate`, then `make reference`; "
+                     "`python -m paper_figures.ablations`)"),
+    ("editing_transfer.md", "Editing transfer (`python -m paper_figures.editing_transfer`)"),
+)
+
+
+def reference_tables(reference_dir: Path) -> str:
+    """The Markdown tables present in the reference folder, each under its heading."""
+    parts = []
+    for name, heading in REFERENCE_TABLES:
+        path = Path(reference_dir) / name
+        if path.is_file():
+            parts.append(f"{heading}:\n\n{path.read_text(encoding='utf-8').strip()}\n")
+    return "\n".join(parts) + ("\n" if parts else "")
+
+
 def readme_block(scores_path: Path = SCORES_CSV, bench_dir: Path = BENCH_DIR) -> str:
-    """The README's generated block: the two mini-world tables at seed 0, then the bench table, between markers."""
+    """The README's generated block: the two mini-world tables at seed 0, the reference's other tables, then the
+    bench table, between markers."""
     return (f"{BLOCK_START}\n\nMini world, seed 0 (`results/reference/scores.csv`):\n\n{tables(scores_path, 0)}\n"
+            f"{reference_tables(Path(scores_path).parent)}"
             f"Speed (`results/bench/`):\n\n{bench_table(bench_dir)}\n{BLOCK_END}")
 
 
