@@ -61,6 +61,11 @@ class StepContext:
     # True: guidance is called (x_src, x_tgt, z) with the batch's latents; the mini world's paired oracle renders
     # each latent's true target from them (baselines/oracle.py). No text-guided method sees z.
     guidance_takes_latents: bool = False
+    # Which tensors of G_tgt train, (G_tgt) -> parameters, in place of the phase's modules; for a method that trains
+    # part of a module (baselines/stylespace.py: the style offsets). Needs select None.
+    trainable: Callable | None = None
+    # A method's own settings, recorded in config.json beside the shift's and checked on resume like them.
+    extra_config: dict | None = None
 
 
 def latents_from_seeds(seeds, style_dim: int, device: torch.device) -> torch.Tensor:
@@ -248,7 +253,7 @@ def run_nada(G_src: Generator, shift: ShiftConfig, ctx: StepContext, seed: int, 
     """
     run_dir = Path(run_dir)
     device = next(G_src.parameters()).device
-    resolved = {"method": method, "mode": ctx.cfg.mode, "seed": seed, **to_dict(shift)}
+    resolved = {"method": method, "mode": ctx.cfg.mode, "seed": seed, **to_dict(shift), **(ctx.extra_config or {})}
     _check_config(run_dir, resolved)
     if not is_done(run_dir):
         with run_lock(run_dir) as held:
@@ -279,7 +284,10 @@ def _train(G_src: Generator, shift: ShiftConfig, ctx: StepContext, seed: int, ru
 
     G_src.eval().requires_grad_(False)
     G_tgt.train().requires_grad_(False)
-    if ctx.select is None:
+    if ctx.trainable is not None:
+        for p in ctx.trainable(G_tgt):
+            p.requires_grad_(True)
+    elif ctx.select is None:
         from replication.layer_select import phase_modules, set_trainable
 
         set_trainable(G_tgt, phase_modules(G_tgt, cfg.phase))
