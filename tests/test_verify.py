@@ -62,7 +62,7 @@ def test_verify_passes_on_the_reference_and_fails_when_a_score_moves(tmp_path, c
 
 def test_verify_compares_paper_scores_with_published_numbers(tmp_path, capsys):
     numbers = tmp_path / "numbers.toml"
-    numbers.write_text('[[number]]\nworld = "paper"\nshift = "dog--cat-svl"\nmethod = "nada"\n'
+    numbers.write_text('[[rows]]\nworld = "paper"\nshift = "dog--cat-svl"\nmethod = "nada"\n'
                        'metric = "intra_lpips_lpipsvgg_avg"\nvalue = 0.460\ntolerance = 0.05\n'
                        'source = "SVL Table 1"\n')
     row = dict.fromkeys(COLUMNS, "")

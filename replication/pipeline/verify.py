@@ -85,18 +85,18 @@ def mini_checks(fresh: pd.DataFrame, reference: pd.DataFrame) -> list[Check]:
 
 
 def load_numbers(path: Path) -> list[dict]:
-    """The published numbers: [[number]] tables with world, shift, method, metric, value, source and an optional
+    """The published numbers: [[rows]] tables with world, shift, method, metric, value, source and an optional
     tolerance (and spread, protocol)."""
     if not Path(path).is_file():
         return []
     try:
-        rows = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("number", [])
+        rows = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("rows", [])
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     for i, row in enumerate(rows):
         missing = {"world", "shift", "method", "metric", "value", "source"} - set(row)
         if missing:
-            raise ConfigError(f"{path}: [[number]] {i + 1} lacks {sorted(missing)}")
+            raise ConfigError(f"{path}: [[rows]] {i + 1} lacks {sorted(missing)}")
     return rows
 
 
