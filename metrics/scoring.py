@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from metrics.clip_metrics import diversity, directional_similarity, image_features, quality
+from metrics.editing import editing_rows
 from metrics.fidelity import FidelityBackbone, GeneratorSource, fid_kid
 from metrics.intra_lpips import PerceptualBackbone, intra_lpips_scores
 from metrics.miniworld import score_shift
@@ -56,6 +57,8 @@ class Scorer:
     settings: ScoringSettings = field(default_factory=ScoringSettings)
     evaluator: Any | None = None
     weights_sha256: Mapping[str, str] = field(default_factory=dict)
+    # what the scorer computes once and reuses for every run it scores (the editing directions fitted on G_src)
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def clip(self, name: str):
         if name not in self.clips:
@@ -198,6 +201,8 @@ def score_run(scorer: Scorer, G_src, G_tgt, shift: ShiftConfig, *, progress: boo
                               reference_key=reference_key, progress=progress),
                       f"{scorer.fidelity.protocol}; true target renders, attribute seed {MINI_REFERENCE_SEED}",
                       s.n_fid)
+        rows += editing_rows(G_src, G_tgt, scorer.evaluator, z[:n], images=(x_src[:n], x_tgt[:n]),
+                             cache=scorer.cache)
     elif s.fid_reference is not None:
         rows += _rows(fid_kid(GeneratorSource(G_tgt), s.fid_reference, scorer.fidelity, n=s.n_fid,
                               cache_dir=s.cache_dir, progress=progress),

@@ -82,15 +82,16 @@ def load_ablations(path: Path = SPEC) -> tuple[tuple[int, ...], tuple[Ablation, 
     return tuple(seeds), tuple(ablations)
 
 
-def summarise(scores: pd.DataFrame, ablations: tuple[Ablation, ...]) -> pd.DataFrame:
-    """One row per ablation, shift, variant and score: mean over seeds, its 95% bootstrap CI and the seed count."""
+def summarise(scores: pd.DataFrame, ablations: tuple[Ablation, ...], columns=COLUMNS) -> pd.DataFrame:
+    """One row per ablation, shift, variant and score (of `columns`: (column, metric prefix, higher is better)): mean
+    over seeds, its 95% bootstrap CI and the seed count."""
     scores = scores.assign(prefix=scores.metric.map(metric_prefix))
     rows = []
     for ablation in ablations:
         for shift in ablation.shifts:
             for variant in ablation.variants:
                 runs = scores[(scores["shift"] == Path(shift).stem) & (scores.method == variant.folder)]
-                for column, prefix, _ in COLUMNS:
+                for column, prefix, _ in columns:
                     values = runs[runs.prefix == prefix].groupby("seed").value.mean()
                     if values.empty:
                         continue
@@ -100,14 +101,15 @@ def summarise(scores: pd.DataFrame, ablations: tuple[Ablation, ...]) -> pd.DataF
     return pd.DataFrame(rows, columns=["ablation", "shift", "variant", "score", "mean", "lo", "hi", "seeds"])
 
 
-def markdown(summary: pd.DataFrame, ablations: tuple[Ablation, ...]) -> str:
+def markdown(summary: pd.DataFrame, ablations: tuple[Ablation, ...], columns=COLUMNS,
+             row_label: str = "variant") -> str:
     """A table per ablation: rows shift x variant, cells "mean [lo, hi]" over seeds."""
     parts = []
     for ablation in ablations:
         part = summary[summary.ablation == ablation.name]
         if part.empty:
             continue
-        header = ["shift", "variant", "seeds", *[c for c, _, _ in COLUMNS]]
+        header = ["shift", row_label, "seeds", *[c for c, _, _ in columns]]
         lines = [f"**{ablation.title}**\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for shift in ablation.shifts:
             for variant in ablation.variants:
@@ -115,24 +117,25 @@ def markdown(summary: pd.DataFrame, ablations: tuple[Ablation, ...]) -> str:
                 if cells.empty:
                     continue
                 values = [f"{cells.at[c, 'mean']:.2f} [{cells.at[c, 'lo']:.2f}, {cells.at[c, 'hi']:.2f}]"
-                          if c in cells.index else "" for c, _, _ in COLUMNS]
+                          if c in cells.index else "" for c, _, _ in columns]
                 lines.append("| " + " | ".join([Path(shift).stem.removeprefix("mini--"), variant.name,
                                                 str(int(cells.seeds.max())), *values]) + " |")
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
 
 
-def latex(summary: pd.DataFrame) -> str:
+def latex(summary: pd.DataFrame, columns=COLUMNS) -> str:
     """The same numbers as one LaTeX tabular (booktabs), for a paper."""
     wide = summary.assign(cell=[f"{m:.2f} [{lo:.2f}, {hi:.2f}]" for m, lo, hi in
                                 zip(summary["mean"], summary.lo, summary.hi)])
     wide = wide.pivot_table(index=["ablation", "shift", "variant"], columns="score", values="cell", aggfunc="first",
                             sort=False)
-    return wide.reindex(columns=[c for c, _, _ in COLUMNS if c in wide.columns]).to_latex(na_rep="")
+    return wide.reindex(columns=[c for c, _, _ in columns if c in wide.columns]).to_latex(na_rep="")
 
 
-def figure(summary: pd.DataFrame, ablations: tuple[Ablation, ...], out: Path) -> list[Path]:
-    """One row of panels per ablation (a panel per score): variant on x, mean with its CI, one colour per shift."""
+def figure(summary: pd.DataFrame, ablations: tuple[Ablation, ...], out: Path, stem: str = "ablations") -> list[Path]:
+    """One row of panels per ablation (a panel per score): variant on x, mean with its CI, one colour per shift;
+    written to <out>/<stem>.png and .pdf."""
     present = [a for a in ablations if a.name in set(summary.ablation)]
     if not present:
         return []
@@ -153,7 +156,7 @@ def figure(summary: pd.DataFrame, ablations: tuple[Ablation, ...], out: Path) ->
         row[0].set_ylabel(ablation.name)
         row[-1].legend(fontsize=7)
     fig.tight_layout()
-    paths = [out / "ablations.png", out / "ablations.pdf"]
+    paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
     for path in paths:
         fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,9 +1,15 @@
 """Draw every figure from the shipped reference (results/reference/: scores and final grids) only (no weights, no GPU).
 
-Example: python -m paper_figures.make_all
+    python -m paper_figures.make_all                                  # results/reference -> paper_figures/out
+    python -m paper_figures.make_all --reference DIR --out DIR --tables DIR
+
+Besides its own figures (scores, stacked grids, seed verdicts) it runs every figure script of this folder (SCRIPTS:
+grids, the loss, freezing and mapper ablations, editing transfer, the comparison tables, training curves); each says
+in one line when its inputs are missing. `make figures` then runs paper_figures.ablations (the ablation table).
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -17,7 +23,21 @@ from PIL import Image  # noqa: E402
 from metrics.miniworld import HEADLINE  # noqa: E402
 from metrics.scoring import metric_prefix  # noqa: E402
 from metrics.stats import bootstrap_ci  # noqa: E402
+from paper_figures import (  # noqa: E402
+    comparison,
+    editing_transfer,
+    global_vs_directional,
+    grids,
+    layer_freezing,
+    mapper,
+    training_curves,
+)
+from paper_figures.common import OUT, REFERENCE  # noqa: E402
 from replication.runio import REPO_ROOT  # noqa: E402
+
+# The figure scripts, each draw(reference, out, tables) -> written paths (none, after one line, when inputs are missing)
+SCRIPTS = (grids, global_vs_directional, layer_freezing, mapper, editing_transfer, comparison, training_curves)
+SEEDS_CSV = REPO_ROOT / "results" / "sweeps" / "mini-seeds.csv"
 
 
 
@@ -124,9 +144,25 @@ def make_all(scores_csv: Path, runs_dir: Path, out: Path, seeds_csv: Path | None
     return [p for p in made if p is not None]
 
 
+def draw_all(reference: Path = REFERENCE, out: Path = OUT, tables: Path | None = None,
+             seeds_csv: Path | None = None) -> list[Path]:
+    """make_all's figures of a results tree (<reference>/scores.csv, <reference>/runs/), then every script's; tables
+    go to `tables` (default: the results tree)."""
+    made = make_all(Path(reference) / "scores.csv", Path(reference) / "runs", Path(out), seeds_csv)
+    for script in SCRIPTS:
+        made += script.draw(Path(reference), Path(out), tables)
+    return made
+
+
 def main(argv: list[str] | None = None) -> int:
-    for path in make_all(REPO_ROOT / "results" / "reference" / "scores.csv", REPO_ROOT / "results" / "reference" / "runs",
-                         REPO_ROOT / "paper_figures" / "out", REPO_ROOT / "results" / "sweeps" / "mini-seeds.csv"):
+    p = argparse.ArgumentParser(prog="python -m paper_figures.make_all", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reference", type=Path, default=REFERENCE, help="results tree (scores.csv, runs/)")
+    p.add_argument("--out", type=Path, default=OUT, help="where figures go")
+    p.add_argument("--tables", type=Path, help="where tables go (default: the results tree)")
+    args = p.parse_args(argv)
+    seeds = SEEDS_CSV if args.reference == REFERENCE else None
+    for path in draw_all(args.reference, args.out, args.tables, seeds):
         print(f"figure: {path}")
     return 0
 

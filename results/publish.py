@@ -19,8 +19,9 @@ from results.collect import CollectError, collect_rows, write_scores
 
 REFERENCE = REPO_ROOT / "results" / "reference"
 # What a shipped run keeps: no checkpoints, no intermediate grids (git stays small); enough to collect and redraw.
+# Names or glob patterns relative to the run folder.
 KEPT = ("DONE", "config.json", "env.json", "metrics.jsonl", "stats.jsonl", "samples/final.png", "mapper_config.json",
-        "mapper_stats.json")
+        "mapper_stats.json", "samples/interpolation.png", "samples/edit_*.png")
 
 
 def finished_runs(runs: Path, world: str | None = None) -> list[Path]:
@@ -33,9 +34,8 @@ def publish_run(run_dir: Path, runs: Path, reference_runs: Path) -> Path:
     target = reference_runs / run_dir.relative_to(runs)
     staging = target.with_name(target.name + ".publishing")
     shutil.rmtree(staging, ignore_errors=True)
-    for name in KEPT:
-        if (run_dir / name).is_file():
-            atomic_write_bytes(staging / name, (run_dir / name).read_bytes())
+    for path in sorted({p for name in KEPT for p in run_dir.glob(name) if p.is_file()}):
+        atomic_write_bytes(staging / path.relative_to(run_dir), path.read_bytes())
     # swap whole folders, so a reference run is never half old, half new
     if target.exists():
         old = target.with_name(target.name + ".old")

@@ -5,6 +5,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from metrics.editing import can_edit, edit_counts, source_directions
 from metrics.fidelity import evaluator_backbone as fidelity_evaluator_backbone
 from metrics.fidelity import inception_backbone
 from metrics.intra_lpips import evaluator_backbone as perceptual_evaluator_backbone
@@ -14,6 +15,7 @@ from replication import weights
 from replication.clip_models import load_clip
 from replication.config import ShiftConfig
 from replication.miniworld.evaluator import load_evaluator
+from replication.pipeline.edit import write_edit_samples
 from replication.runio import REPO_ROOT, atomic_write_text
 from results.collect import CollectError, metric_rows
 
@@ -140,5 +142,12 @@ def write_metrics(run_dir: Path, rows: list[dict]) -> None:
 
 
 def score_and_write(run_dir: Path, shift: ShiftConfig, G_src, G_tgt, scorer: Scorer, progress: bool = True) -> None:
-    """Score a finished run on the CPU (where the scorer models and the evaluation latents live)."""
-    write_metrics(run_dir, score_run(scorer, G_src.cpu(), G_tgt.eval().cpu(), shift, progress=progress))
+    """Score a finished run on the CPU (where the scorer models and the evaluation latents live); a mini run also gets
+    its interpolation and edit grids (samples/interpolation.png, samples/edit_<attr>.png), with the directions the
+    editing-transfer metric fitted."""
+    G_src, G_tgt = G_src.cpu(), G_tgt.eval().cpu()
+    write_metrics(run_dir, score_run(scorer, G_src, G_tgt, shift, progress=progress))
+    if shift.task.world == "mini":
+        directions = (source_directions(G_src, scorer.evaluator, edit_counts(scorer.settings.n_clip)[1], scorer.cache)
+                      if can_edit(G_tgt) else {})
+        write_edit_samples(run_dir, shift, G_src, G_tgt, directions)
