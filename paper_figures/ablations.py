@@ -28,7 +28,7 @@ REFERENCE_SCORES = REPO_ROOT / "results" / "reference" / "scores.csv"
 # (column, stored metric prefix, higher is better): what each ablation is judged on
 COLUMNS = (("target acc.", "mini_target_accuracy", True), ("kept label", "mini_kept_label_accuracy", True),
            ("R^2 ratio", "mini_attr_r2_ratio", True), ("clip_dir (B)", "clip_dir_miniclipb", True),
-           ("FID (evaluator)", "mini_fid_evaluator", False))
+           ("FID (evaluator)", "fid_evaluator", False))
 
 
 class AblationError(ValueError):
